@@ -1,0 +1,95 @@
+//! Command-line interface (clap derive). Parsing starts no thread, so the
+//! `exec` branch can still switch namespaces afterwards.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub const DEFAULT_POLICIES: &str = "/etc/nsproxy/policies";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nsproxy",
+    version,
+    about = "Run unmodified programs whose every connection leaves through the account's proxy"
+)]
+pub struct Cli {
+    /// Policy file, or directory of *.yaml policy files.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_POLICIES)]
+    pub policies: PathBuf,
+    /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the account's namespace and TUN and start its daemon.
+    Up {
+        account: String,
+        /// Stay in the foreground (for systemd); logs go to stderr.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the account's daemon and remove its namespace. Safe to repeat.
+    Down {
+        account: String,
+        /// Also kill the programs still running in the namespace.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Run a program inside the account's namespace as an unprivileged user.
+    Exec {
+        account: String,
+        /// User to run as (default: the sudo caller).
+        #[arg(long, short)]
+        user: Option<String>,
+        /// The program and its arguments, after `--`.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Show accounts: namespace, daemon, TUN, proxy.
+    Status {
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the accounts of the policy and whether they are up.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The per-account daemon (started by `up`).
+    #[command(hide = true)]
+    Daemon {
+        account: String,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files and report every problem at once.
+    Check {
+        /// File or directory (default: --policies).
+        path: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,352 @@
+//! `up`, `down`, `status`, `list`, `policy check`.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::config;
+use crate::rundir::{self, RunDir};
+use crate::{link, netns};
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("nsproxy {what} needs root: run it with sudo");
+    }
+    Ok(())
+}
+
+pub fn policy_check(path: &Path) -> ExitCode {
+    let files = config::policy_files(path).map(|f| f.len()).unwrap_or(0);
+    match config::load(path) {
+        Ok(accounts) => {
+            let problems: Vec<config::Problem> =
+                accounts.iter().flat_map(crate::secrets::check_account_files).collect();
+            if problems.is_empty() {
+                println!(
+                    "OK: {} account(s) in {} file(s): {}",
+                    accounts.len(),
+                    files,
+                    accounts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                ExitCode::SUCCESS
+            } else {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("{} problem(s) found", problems.len());
+                ExitCode::FAILURE
+            }
+        }
+        Err(problems) => {
+            // Also report password-file problems of the accounts that parsed.
+            for p in &problems.0 {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn up(policy: &Path, account: &str, foreground: bool) -> anyhow::Result<()> {
+    require_root("up")?;
+    let a = config::load_account(policy, account)?;
+    let rd = RunDir::new(account);
+    if rd.daemon_alive() {
+        println!(
+            "account {account} is already up (namespace {}, daemon pid {})",
+            a.namespace,
+            rd.read_pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+        );
+        return Ok(());
+    }
+    if foreground {
+        return crate::daemon::run(account, policy, None);
+    }
+    rd.create()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(rd.log_path())
+        .with_context(|| format!("account {account}: cannot open {}", rd.log_path().display()))?;
+    let (mut r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // The write end goes to the daemon under its own number.
+    nix::fcntl::fcntl(w.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).context("fcntl")?;
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let exe = std::env::current_exe().context("cannot find the nsproxy binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon").arg(account).arg("--policies").arg(policy).arg("--ready-fd").arg(wfd.to_string());
+    if let Ok(l) = std::env::var("NSPROXY_LOG") {
+        cmd.arg("--log-level").arg(l);
+    }
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().context("log")?).stderr(log).process_group(0);
+    let mut child = cmd.spawn().with_context(|| format!("account {account}: cannot start the daemon"))?;
+    drop(w);
+    let line = read_ready(&mut r, Duration::from_secs(30));
+    match line {
+        Some(l) if l.starts_with("READY") => {
+            println!("account {account} is up: namespace {}, daemon pid {}", a.namespace, child.id());
+            Ok(())
+        }
+        Some(l) if l.starts_with("ERROR ") => {
+            let _ = child.wait();
+            Err(anyhow!("{}", l.trim_start_matches("ERROR ").trim_end()))
+        }
+        _ => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let tail = std::fs::read_to_string(rd.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            Err(anyhow!(
+                "account {account}: the daemon did not become ready ({}); last log lines of {}:\n{}",
+                status.map(|s| s.to_string()).unwrap_or_else(|| "timed out".into()),
+                rd.log_path().display(),
+                tail.join("\n")
+            ))
+        }
+    }
+}
+
+fn read_ready(r: &mut std::os::fd::OwnedFd, timeout: Duration) -> Option<String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut f = std::fs::File::from(r.try_clone().ok()?);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+        let mut chunk = [0u8; 4096];
+        match f.read(&mut chunk) {
+            Ok(0) => return if buf.is_empty() { None } else { Some(String::from_utf8_lossy(&buf).into_owned()) },
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+        if buf.len() > 64 * 1024 {
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+}
+
+/// The namespace of an account: from its state, else from the policy, else
+/// the default name.
+fn namespace_of(policy: &Path, account: &str, rd: &RunDir) -> String {
+    if let Ok(Some(s)) = rd.read_state() {
+        return s.namespace;
+    }
+    config::load(policy)
+        .ok()
+        .and_then(|v| v.into_iter().find(|a| a.name == account).map(|a| a.namespace))
+        .unwrap_or_else(|| format!("nsp-{account}"))
+}
+
+fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pids.iter().all(|&p| kill(Pid::from_raw(p), None).is_err()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn down(policy: &Path, account: &str, kill_programs: bool) -> anyhow::Result<()> {
+    require_root("down")?;
+    let rd = RunDir::new(account);
+    let ns = namespace_of(policy, account, &rd);
+    let pids = netns::pids_in(&ns);
+    if !pids.is_empty() {
+        if !kill_programs {
+            let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            bail!(
+                "account {account}: {} program(s) still run in namespace {ns} (pids {}): stop them, or use `nsproxy down {account} --kill`",
+                pids.len(),
+                list.join(" ")
+            );
+        }
+        for &p in &pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+        }
+        if !wait_gone(&pids, Duration::from_secs(3)) {
+            for &p in &pids {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            wait_gone(&pids, Duration::from_secs(3));
+        }
+    }
+    let mut errors = Vec::new();
+    if rd.daemon_alive() {
+        if let Some(pid) = rd.read_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while rd.daemon_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if rd.daemon_alive() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while rd.daemon_alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if rd.daemon_alive() {
+            errors.push(format!("the daemon (pid {:?}) did not stop", rd.read_pid()));
+        }
+    }
+    if let Err(e) = netns::remove(&ns) {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = rundir::remove_etc_netns(&ns) {
+        errors.push(format!("remove /etc/netns/{ns}: {e}"));
+    }
+    if errors.is_empty()
+        && let Err(e) = rd.remove()
+    {
+        errors.push(format!("remove {}: {e}", rd.dir.display()));
+    }
+    if !errors.is_empty() {
+        bail!("account {account}: down left things behind: {}", errors.join("; "));
+    }
+    println!("account {account} is down");
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountStatus {
+    pub account: String,
+    pub namespace: String,
+    /// up: daemon running with its TUN; down: nothing; degraded: partly there.
+    pub state: &'static str,
+    pub daemon_pid: Option<i32>,
+    pub daemon_running: bool,
+    pub namespace_exists: bool,
+    pub tun_present: bool,
+    pub programs: usize,
+    pub proxy: Option<String>,
+    pub policy: Option<String>,
+}
+
+fn account_status(account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
+    let rd = RunDir::new(account);
+    let state = rd.read_state().ok().flatten();
+    let namespace = state
+        .as_ref()
+        .map(|s| s.namespace.clone())
+        .or_else(|| from_policy.map(|a| a.namespace.clone()))
+        .unwrap_or_else(|| format!("nsp-{account}"));
+    let running = rd.daemon_alive();
+    let ns_exists = netns::exists(&namespace);
+    let tun = ns_exists && link::tun_present(&namespace);
+    let st = match (running, ns_exists, tun) {
+        (true, true, true) => "up",
+        (false, false, _) => "down",
+        _ => "degraded",
+    };
+    AccountStatus {
+        account: account.into(),
+        state: st,
+        daemon_pid: if running { rd.read_pid() } else { None },
+        daemon_running: running,
+        namespace_exists: ns_exists,
+        tun_present: tun,
+        programs: if ns_exists { netns::pids_in(&namespace).len() } else { 0 },
+        proxy: state
+            .as_ref()
+            .map(|s| s.proxy.clone())
+            .or_else(|| from_policy.and_then(|a| a.usable_proxies().first().map(|p| p.display_name()))),
+        policy: state
+            .as_ref()
+            .map(|s| s.policy.display().to_string())
+            .or_else(|| from_policy.map(|a| a.origin.file.display().to_string())),
+        namespace,
+    }
+}
+
+fn all_status(policy: &Path) -> Vec<AccountStatus> {
+    let from_policy = config::load(policy).unwrap_or_default();
+    let mut names: Vec<String> = from_policy.iter().map(|a| a.name.clone()).collect();
+    for n in rundir::accounts_with_rundir() {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.sort();
+    names.iter().map(|n| account_status(n, from_policy.iter().find(|a| &a.name == n))).collect()
+}
+
+pub fn status(policy: &Path, account: Option<&str>, json: bool) -> anyhow::Result<()> {
+    require_root("status")?;
+    let list = match account {
+        Some(a) => {
+            let p = config::load(policy).ok().and_then(|v| v.into_iter().find(|x| x.name == a));
+            if p.is_none() && !RunDir::new(a).exists() {
+                bail!("unknown account {a:?}: not in policy {} and not up", policy.display());
+            }
+            vec![account_status(a, p.as_ref())]
+        }
+        None => all_status(policy),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for s in &list {
+        println!("account:   {}", s.account);
+        println!("  state:     {}", s.state);
+        println!("  namespace: {} ({})", s.namespace, if s.namespace_exists { "present" } else { "absent" });
+        println!(
+            "  daemon:    {}",
+            match s.daemon_pid {
+                Some(p) => format!("running, pid {p}"),
+                None => "not running".into(),
+            }
+        );
+        println!("  tun:       {}", if s.tun_present { "tun0" } else { "absent (no route out)" });
+        println!("  programs:  {}", s.programs);
+        println!("  proxy:     {}", s.proxy.as_deref().unwrap_or("-"));
+        println!("  policy:    {}", s.policy.as_deref().unwrap_or("-"));
+    }
+    Ok(())
+}
+
+pub fn list(policy: &Path, json: bool) -> anyhow::Result<()> {
+    require_root("list")?;
+    let list = all_status(policy);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<9} {:<24} {:>8}  PROXY", "ACCOUNT", "STATE", "NAMESPACE", "PID");
+    for s in &list {
+        println!(
+            "{:<24} {:<9} {:<24} {:>8}  {}",
+            s.account,
+            s.state,
+            s.namespace,
+            s.daemon_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.proxy.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}

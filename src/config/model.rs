@@ -1,0 +1,199 @@
+//! The validated policy: what every other module reads. Nothing here holds a
+//! secret; passwords are only *references* (a file or an environment
+//! variable), resolved by `crate::secrets` when a daemon starts.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Socks5,
+    Http,
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheme::Socks5 => "socks5",
+            Scheme::Http => "http",
+        })
+    }
+}
+
+/// Where a proxy password comes from. Never the password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretRef {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyEntry {
+    pub label: String,
+    pub scheme: Scheme,
+    /// Host name or IP literal, as written (without brackets).
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    /// Lower number = preferred.
+    pub priority: u32,
+    pub enabled: bool,
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    #[serde(with = "secs")]
+    pub handshake_timeout: Duration,
+}
+
+impl ProxyEntry {
+    /// `scheme://host:port`: the only way a proxy is ever shown.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+    /// `label (scheme://host:port)` for logs and errors.
+    pub fn display_name(&self) -> String {
+        format!("{} ({})", self.label, self.endpoint())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnsMode {
+    FakeIp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dns {
+    pub mode: DnsMode,
+    /// Required for `tcp`: the resolver reached through the proxy.
+    pub resolver: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    Block,
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpMode {
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_flows: u32,
+    pub max_half_open: u32,
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    pub socket_buffer: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HealthTarget {
+    Tcp { host: String, port: u16 },
+    Http { url: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    pub target: HealthTarget,
+    pub failures_before_unhealthy: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ExecAccess {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// Where an account was defined, for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}", self.file.display(), l),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub name: String,
+    pub namespace: String,
+    pub origin: Origin,
+    pub exec: ExecAccess,
+    pub proxies: Vec<ProxyEntry>,
+    pub dns: Dns,
+    pub ipv6: Ipv6Mode,
+    pub udp: UdpMode,
+    pub mtu: u32,
+    pub limits: Limits,
+    pub health_check: Option<HealthCheck>,
+}
+
+impl Account {
+    /// Enabled proxies, best priority first (stable for equal priorities).
+    pub fn usable_proxies(&self) -> Vec<&ProxyEntry> {
+        let mut v: Vec<&ProxyEntry> = self.proxies.iter().filter(|p| p.enabled).collect();
+        v.sort_by_key(|p| p.priority);
+        v
+    }
+}
+
+/// The address plan of every account namespace: fixed, because each account
+/// has a namespace of its own.
+pub mod plan {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    /// Name of the TUN device inside the namespace.
+    pub const TUN_NAME: &str = "tun0";
+    /// The namespace side of the TUN.
+    pub const TUN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    pub const TUN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
+    /// The stack's own address: the DNS server named in resolv.conf.
+    pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    /// Fake-IP pool: 198.18.1.0 - 198.19.255.254.
+    pub const FAKE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
+    pub const FAKE_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+}
+
+pub fn is_fake_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let n = u32::from(v4);
+            n >= u32::from(plan::FAKE_FIRST) && n <= u32::from(plan::FAKE_LAST)
+        }
+        IpAddr::V6(_) => false,
+    }
+}
+
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}

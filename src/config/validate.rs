@@ -1,0 +1,533 @@
+//! Turns YAML text into validated accounts, collecting every problem.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::lines::{FieldPath, LineIndex};
+use super::model::*;
+use super::{Problem, Problems, duration};
+
+pub const DEFAULT_MTU: u32 = 65000;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    lines: LineIndex,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line: self.lines.locate(path),
+            field: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// `v` as a mapping whose keys are all in `known`; reports unknown keys.
+    fn mapping<'v>(&mut self, v: &'v Value, path: &FieldPath, known: &[&str]) -> Option<&'v Mapping> {
+        let Some(m) = v.as_mapping() else {
+            self.problem(path, format!("expected a mapping with keys {}", known.join(", ")));
+            return None;
+        };
+        for k in m.keys() {
+            match k.as_str() {
+                Some(s) if known.contains(&s) => {}
+                Some(s) => {
+                    let p = path.key(s);
+                    self.problem(&p, format!("unknown field {s:?}; expected one of: {}", known.join(", ")));
+                }
+                None => self.problem(path, "keys must be strings"),
+            }
+        }
+        Some(m)
+    }
+
+    fn get<T: DeserializeOwned>(&mut self, m: &Mapping, key: &str, path: &FieldPath, what: &str) -> Option<T> {
+        let v = m.get(key)?;
+        match serde_yaml::from_value::<T>(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problem(&path.key(key), format!("expected {what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn require<T: DeserializeOwned>(&mut self, m: &Mapping, key: &str, path: &FieldPath, what: &str) -> Option<T> {
+        if !m.contains_key(key) {
+            self.problem(path, format!("missing field {key:?} ({what})"));
+            return None;
+        }
+        self.get(m, key, path, what)
+    }
+
+    fn duration(&mut self, m: &Mapping, key: &str, path: &FieldPath, default: Duration) -> Option<Duration> {
+        let Some(v) = m.get(key) else { return Some(default) };
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => {
+                self.problem(&path.key(key), "expected a duration such as 500ms, 30s, 5m, 2h or 1d");
+                return None;
+            }
+        };
+        match duration::parse(&text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(&path.key(key), "must be longer than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(&path.key(key), e);
+                None
+            }
+        }
+    }
+
+    fn ranged(&mut self, m: &Mapping, key: &str, path: &FieldPath, lo: u64, hi: u64, default: u64) -> Option<u64> {
+        let what = format!("a whole number from {lo} to {hi}");
+        let Some(n) = self.get::<u64>(m, key, path, &what) else {
+            return if m.contains_key(key) { None } else { Some(default) };
+        };
+        if n < lo || n > hi {
+            self.problem(&path.key(key), format!("expected {what}, got {n}"));
+            return None;
+        }
+        Some(n)
+    }
+}
+
+fn is_name(s: &str, max: usize, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || extra.contains(&c))
+        && !s.starts_with('-')
+}
+
+/// Parses one policy file's text, checking names are unique within it.
+/// `file` is only used in messages.
+pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Account>, Problems> {
+    let (accounts, mut problems) = parse_one(file, text);
+    check_unique(&accounts, &mut problems);
+    if problems.is_empty() { Ok(accounts) } else { Err(Problems(problems)) }
+}
+
+/// Parses one policy file's text without the uniqueness check: the accounts
+/// that are valid, and every problem found.
+pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
+    let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new() };
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            let p = Problem {
+                file: file.to_path_buf(),
+                line,
+                field: String::new(),
+                message: format!("not valid YAML: {e}"),
+            };
+            return (Vec::new(), vec![p]);
+        }
+    };
+    let top = FieldPath::default();
+    let mut accounts = Vec::new();
+    if let Some(m) = ctx.mapping(&root, &top, &["accounts"]) {
+        match m.get("accounts") {
+            None => ctx.problem(&top, "missing field \"accounts\" (a list of accounts)"),
+            Some(Value::Sequence(seq)) => {
+                if seq.is_empty() {
+                    ctx.problem(&top.key("accounts"), "expected at least one account");
+                }
+                for (i, v) in seq.iter().enumerate() {
+                    if let Some(a) = account(&mut ctx, v, &top.key("accounts").index(i)) {
+                        accounts.push(a);
+                    }
+                }
+            }
+            Some(_) => ctx.problem(&top.key("accounts"), "expected a list of accounts"),
+        }
+    }
+    (accounts, ctx.problems)
+}
+
+const ACCOUNT_KEYS: &[&str] =
+    &["name", "namespace", "exec", "proxies", "dns", "ipv6", "udp", "tun", "limits", "health_check"];
+
+fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
+    let m = ctx.mapping(v, path, ACCOUNT_KEYS)?;
+    let name: Option<String> = ctx.require(m, "name", path, "the account name");
+    let name = name.filter(|n| {
+        let ok = is_name(n, 32, &['_']);
+        if !ok {
+            ctx.problem(&path.key("name"), format!("invalid account name {n:?}: use 1-32 of a-z, 0-9, '-', '_'"));
+        }
+        ok
+    });
+    let namespace: Option<String> = match ctx.get::<String>(m, "namespace", path, "a namespace name") {
+        Some(ns) if is_name(&ns, 48, &['_', '.']) && ns != "." && ns != ".." => Some(ns),
+        Some(ns) => {
+            ctx.problem(
+                &path.key("namespace"),
+                format!("invalid namespace name {ns:?}: use 1-48 of a-z, 0-9, '-', '_', '.'"),
+            );
+            None
+        }
+        None if m.contains_key("namespace") => None,
+        None => name.as_ref().map(|n| format!("nsp-{n}")),
+    };
+
+    let exec = match m.get("exec") {
+        None => ExecAccess::default(),
+        Some(v) => {
+            let p = path.key("exec");
+            match ctx.mapping(v, &p, &["users", "groups"]) {
+                Some(em) => ExecAccess {
+                    users: ctx.get(em, "users", &p, "a list of user names").unwrap_or_default(),
+                    groups: ctx.get(em, "groups", &p, "a list of group names").unwrap_or_default(),
+                },
+                None => ExecAccess::default(),
+            }
+        }
+    };
+
+    let mut proxies = Vec::new();
+    match m.get("proxies") {
+        None => ctx.problem(path, "missing field \"proxies\" (the account's proxy pool)"),
+        Some(Value::Sequence(seq)) => {
+            if seq.is_empty() {
+                ctx.problem(&path.key("proxies"), "expected at least one proxy");
+            }
+            for (i, pv) in seq.iter().enumerate() {
+                let pp = path.key("proxies").index(i);
+                if let Some(p) = proxy(ctx, pv, &pp) {
+                    if proxies.iter().any(|q: &ProxyEntry| q.label == p.label) {
+                        ctx.problem(&pp.key("label"), format!("duplicate proxy label {:?} in this account", p.label));
+                    }
+                    proxies.push(p);
+                }
+            }
+            if !seq.is_empty() && !proxies.is_empty() && !proxies.iter().any(|p| p.enabled) {
+                ctx.problem(&path.key("proxies"), "every proxy is disabled: enable at least one");
+            }
+        }
+        Some(_) => ctx.problem(&path.key("proxies"), "expected a list of proxies"),
+    }
+
+    let dns = dns(ctx, m, path);
+    let ipv6 = match ctx.get::<String>(m, "ipv6", path, "block or proxy").as_deref() {
+        None | Some("block") => Some(Ipv6Mode::Block),
+        Some("proxy") => {
+            ctx.problem(&path.key("ipv6"), "ipv6: proxy is not supported yet; use block");
+            None
+        }
+        Some(o) => {
+            ctx.problem(&path.key("ipv6"), format!("expected block or proxy, got {o:?}"));
+            None
+        }
+    };
+    let udp = match ctx.get::<String>(m, "udp", path, "block").as_deref() {
+        None | Some("block") => Some(UdpMode::Block),
+        Some("proxy") => {
+            ctx.problem(&path.key("udp"), "udp: proxy (SOCKS5 UDP ASSOCIATE) is not supported yet; use block");
+            None
+        }
+        Some(o) => {
+            ctx.problem(&path.key("udp"), format!("expected block, got {o:?}"));
+            None
+        }
+    };
+    let mtu = match m.get("tun") {
+        None => Some(DEFAULT_MTU),
+        Some(v) => {
+            let p = path.key("tun");
+            ctx.mapping(v, &p, &["mtu"])
+                .and_then(|tm| ctx.ranged(tm, "mtu", &p, 1280, 65535, DEFAULT_MTU as u64))
+                .map(|n| n as u32)
+        }
+    };
+    let limits = limits(ctx, m, path);
+    let health_check = match m.get("health_check") {
+        None => None,
+        Some(v) => {
+            let p = path.key("health_check");
+            if health(ctx, v, &p).is_some() {
+                ctx.problem(&p, "health checks are not supported yet (they come with proxy pool management)");
+            }
+            None
+        }
+    };
+
+    Some(Account {
+        name: name?,
+        namespace: namespace?,
+        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path) },
+        exec,
+        proxies,
+        dns: dns?,
+        ipv6: ipv6?,
+        udp: udp?,
+        mtu: mtu?,
+        limits: limits?,
+        health_check,
+    })
+}
+
+const PROXY_KEYS: &[&str] = &[
+    "label",
+    "url",
+    "username",
+    "password",
+    "password_file",
+    "password_env",
+    "priority",
+    "enabled",
+    "connect_timeout",
+    "handshake_timeout",
+];
+
+fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
+    let m = ctx.mapping(v, path, PROXY_KEYS)?;
+    let label: Option<String> = ctx.require(m, "label", path, "a short name for this proxy");
+    let label = label.filter(|l| {
+        let ok = !l.is_empty() && l.len() <= 64 && l.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            ctx.problem(&path.key("label"), format!("invalid label {l:?}: use 1-64 of A-Z, a-z, 0-9, '-', '_', '.'"));
+        }
+        ok
+    });
+    let url: Option<String> = ctx.require(m, "url", path, "socks5://host:port or http://host:port");
+    let parsed = url.and_then(|u| match parse_proxy_url(&u) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            ctx.problem(&path.key("url"), e);
+            None
+        }
+    });
+    let username: Option<String> = ctx.get(m, "username", path, "a user name");
+    if let Some(u) = &username
+        && (u.is_empty() || u.len() > 255)
+    {
+        ctx.problem(&path.key("username"), "expected 1 to 255 bytes");
+    }
+    if m.contains_key("password") {
+        ctx.problem(
+            &path.key("password"),
+            "inline passwords are not accepted: put it in a root-owned 0600 file (password_file) or an environment variable of the daemon (password_env)",
+        );
+    }
+    let file: Option<PathBuf> = ctx.get(m, "password_file", path, "an absolute file path");
+    let env: Option<String> = ctx.get(m, "password_env", path, "an environment variable name");
+    let password = match (file, env) {
+        (Some(_), Some(_)) => {
+            ctx.problem(path, "give either password_file or password_env, not both");
+            None
+        }
+        (Some(f), None) if !f.is_absolute() => {
+            ctx.problem(&path.key("password_file"), format!("expected an absolute path, got {:?}", f.display()));
+            None
+        }
+        (Some(f), None) => Some(SecretRef::File(f)),
+        (None, Some(e))
+            if e.is_empty()
+                || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || e.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            ctx.problem(&path.key("password_env"), format!("invalid environment variable name {e:?}"));
+            None
+        }
+        (None, Some(e)) => Some(SecretRef::Env(e)),
+        (None, None) => None,
+    };
+    if username.is_some() != password.is_some() && !m.contains_key("password") {
+        let have_pw_field = m.contains_key("password_file") || m.contains_key("password_env");
+        if username.is_some() && !have_pw_field {
+            ctx.problem(path, "username given without password_file or password_env");
+        } else if username.is_none() && m.contains_key("username") {
+            // already reported as a bad username
+        } else if username.is_none() {
+            ctx.problem(path, "a password source is given without username");
+        }
+    }
+    let priority = ctx.ranged(m, "priority", path, 0, u32::MAX as u64, 100).map(|n| n as u32);
+    let enabled =
+        if m.contains_key("enabled") { ctx.get::<bool>(m, "enabled", path, "true or false") } else { Some(true) };
+    let connect_timeout = ctx.duration(m, "connect_timeout", path, Duration::from_secs(5));
+    let handshake_timeout = ctx.duration(m, "handshake_timeout", path, Duration::from_secs(10));
+    let (scheme, host, port) = parsed?;
+    Some(ProxyEntry {
+        label: label?,
+        scheme,
+        host,
+        port,
+        username,
+        password,
+        priority: priority?,
+        enabled: enabled?,
+        connect_timeout: connect_timeout?,
+        handshake_timeout: handshake_timeout?,
+    })
+}
+
+/// `socks5://host:port` or `http://host:port`; no credentials, path or query.
+pub fn parse_proxy_url(u: &str) -> Result<(Scheme, String, u16), String> {
+    let expected = "expected socks5://host:port or http://host:port";
+    let (scheme, rest) = u.split_once("://").ok_or_else(|| format!("{expected}, got {u:?}"))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "socks5" | "socks5h" => Scheme::Socks5,
+        "http" => Scheme::Http,
+        s => return Err(format!("unsupported proxy scheme {s:?}: {expected}")),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err("credentials in the URL are not accepted: use username and password_file or password_env".into());
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err(format!("{expected} (no path or query), got {u:?}"));
+    }
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, p) = r.split_once(']').ok_or_else(|| format!("unclosed '[' in {u:?}"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("invalid IPv6 address {h:?} in {u:?}"));
+        }
+        (h.to_string(), p.strip_prefix(':').ok_or_else(|| format!("missing port in {u:?}: {expected}"))?)
+    } else {
+        let (h, p) = rest.rsplit_once(':').ok_or_else(|| format!("missing port in {u:?}: {expected}"))?;
+        (h.to_string(), p)
+    };
+    if host.is_empty() {
+        return Err(format!("missing host in {u:?}"));
+    }
+    if !host.contains(':') && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+        return Err(format!("invalid host {host:?} in {u:?}"));
+    }
+    let port: u16 = match port.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => n as u16,
+        _ => return Err(format!("invalid port {port:?} in {u:?}: expected 1-65535")),
+    };
+    Ok((scheme, host, port))
+}
+
+fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
+    let Some(v) = m.get("dns") else { return Some(Dns { mode: DnsMode::FakeIp, resolver: None }) };
+    let p = path.key("dns");
+    let dm = ctx.mapping(v, &p, &["mode", "resolver"])?;
+    let mode = match ctx.get::<String>(dm, "mode", &p, "fake-ip or tcp").as_deref() {
+        None if dm.contains_key("mode") => None,
+        None | Some("fake-ip") => Some(DnsMode::FakeIp),
+        Some("tcp") => Some(DnsMode::Tcp),
+        Some(o) => {
+            ctx.problem(&p.key("mode"), format!("expected fake-ip or tcp, got {o:?}"));
+            None
+        }
+    };
+    let resolver = match ctx.get::<String>(dm, "resolver", &p, "an IP address with optional :port") {
+        None => None,
+        Some(r) => {
+            let parsed =
+                r.parse::<SocketAddr>().ok().or_else(|| r.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            if parsed.is_none() {
+                ctx.problem(&p.key("resolver"), format!("expected an IP address with optional :port, got {r:?}"));
+            }
+            parsed
+        }
+    };
+    match mode? {
+        DnsMode::Tcp if resolver.is_none() && !dm.contains_key("resolver") => {
+            ctx.problem(&p, "dns mode tcp needs a resolver (e.g. resolver: 9.9.9.9:53)");
+            None
+        }
+        DnsMode::Tcp => {
+            ctx.problem(&p.key("mode"), "dns mode tcp is not supported yet; use fake-ip");
+            None
+        }
+        DnsMode::FakeIp if dm.contains_key("resolver") => {
+            ctx.problem(&p.key("resolver"), "resolver is only used with mode: tcp");
+            None
+        }
+        mode => Some(Dns { mode, resolver }),
+    }
+}
+
+fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Limits> {
+    let defaults = Limits {
+        max_flows: 4096,
+        max_half_open: 256,
+        idle_timeout: Duration::from_secs(2 * 3600),
+        socket_buffer: 1 << 20,
+    };
+    let Some(v) = m.get("limits") else { return Some(defaults) };
+    let p = path.key("limits");
+    let lm = ctx.mapping(v, &p, &["max_flows", "max_half_open", "idle_timeout", "socket_buffer"])?;
+    let max_flows = ctx.ranged(lm, "max_flows", &p, 1, 65536, defaults.max_flows as u64);
+    let max_half_open = ctx.ranged(lm, "max_half_open", &p, 1, 65536, defaults.max_half_open as u64);
+    let idle_timeout = ctx.duration(lm, "idle_timeout", &p, defaults.idle_timeout);
+    let socket_buffer = ctx.ranged(lm, "socket_buffer", &p, 16 * 1024, 64 << 20, defaults.socket_buffer as u64);
+    Some(Limits {
+        max_flows: max_flows? as u32,
+        max_half_open: max_half_open? as u32,
+        idle_timeout: idle_timeout?,
+        socket_buffer: socket_buffer? as u32,
+    })
+}
+
+fn health(ctx: &mut Ctx, v: &Value, p: &FieldPath) -> Option<HealthCheck> {
+    let hm = ctx.mapping(v, p, &["interval", "timeout", "target", "failures_before_unhealthy"])?;
+    let interval = ctx.duration(hm, "interval", p, Duration::from_secs(30));
+    let timeout = ctx.duration(hm, "timeout", p, Duration::from_secs(5));
+    let target: Option<String> = ctx.require(hm, "target", p, "tcp://host:port or http(s)://host/path");
+    let target = target.and_then(|t| {
+        if let Some(rest) = t.strip_prefix("tcp://") {
+            match rest.rsplit_once(':').map(|(h, port)| (h, port.parse::<u16>())) {
+                Some((h, Ok(port))) if !h.is_empty() && port > 0 => Some(HealthTarget::Tcp { host: h.into(), port }),
+                _ => {
+                    ctx.problem(&p.key("target"), format!("expected tcp://host:port, got {t:?}"));
+                    None
+                }
+            }
+        } else if t.starts_with("http://") || t.starts_with("https://") {
+            Some(HealthTarget::Http { url: t })
+        } else {
+            ctx.problem(&p.key("target"), format!("expected tcp://host:port or http(s)://..., got {t:?}"));
+            None
+        }
+    });
+    let failures = ctx.ranged(hm, "failures_before_unhealthy", p, 1, 100, 3);
+    Some(HealthCheck {
+        interval: interval?,
+        timeout: timeout?,
+        target: target?,
+        failures_before_unhealthy: failures? as u32,
+    })
+}
+
+/// Account names and namespaces must be unique across every file loaded.
+pub fn check_unique(accounts: &[Account], problems: &mut Vec<Problem>) {
+    for (i, a) in accounts.iter().enumerate() {
+        for b in &accounts[..i] {
+            if a.name == b.name {
+                problems.push(Problem {
+                    file: a.origin.file.clone(),
+                    line: a.origin.line,
+                    field: "name".into(),
+                    message: format!("duplicate account name {:?} (first defined at {})", a.name, b.origin),
+                });
+            } else if a.namespace == b.namespace {
+                problems.push(Problem {
+                    file: a.origin.file.clone(),
+                    line: a.origin.line,
+                    field: "namespace".into(),
+                    message: format!("namespace {:?} is also used by account {:?} ({})", a.namespace, b.name, b.origin),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

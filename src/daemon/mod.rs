@@ -1,0 +1,171 @@
+//! The per-account daemon: sets up the namespace and its TUN (validate,
+//! apply, roll back on failure), publishes its state, then runs the engine
+//! on the TUN fd until told to stop. Lives in the host namespace.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+
+use crate::config::{self, Account, plan};
+use crate::rundir::{self, RunDir, State};
+use crate::{engine, link, netns, secrets};
+
+/// Steps applied so far, undone in reverse if a later one fails.
+type Undo = Box<dyn FnOnce() -> Result<(), String>>;
+
+#[derive(Default)]
+struct Rollback {
+    steps: Vec<(String, Undo)>,
+}
+
+impl Rollback {
+    fn push(&mut self, what: &str, f: impl FnOnce() -> Result<(), String> + 'static) {
+        self.steps.push((what.to_string(), Box::new(f)));
+    }
+    fn run(self, account: &str) {
+        for (what, f) in self.steps.into_iter().rev() {
+            if let Err(e) = f() {
+                tracing::error!(account, step = %what, error = %e, "rollback step failed");
+            }
+        }
+    }
+}
+
+/// Writes the readiness line for `up` (if any) and closes the pipe.
+fn report(ready: &mut Option<std::fs::File>, line: &str) {
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+pub fn run(account_name: &str, policy: &Path, ready_fd: Option<OwnedFd>) -> anyhow::Result<()> {
+    let mut ready = ready_fd.map(std::fs::File::from);
+    match start(account_name, policy) {
+        Ok(started) => {
+            report(&mut ready, "READY\n");
+            serve(started)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!(account = account_name, error = %msg, "daemon failed to start");
+            report(&mut ready, &format!("ERROR {}\n", msg.replace('\n', "\n      ")));
+            Err(e)
+        }
+    }
+}
+
+struct Started {
+    account: Account,
+    creds: Vec<Option<secrets::Secret>>,
+    rundir: RunDir,
+    tun: OwnedFd,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
+    let account = config::load_account(policy, name)?;
+    let mut creds = Vec::new();
+    for p in &account.proxies {
+        creds.push(secrets::resolve(p).with_context(|| format!("account {name}"))?);
+    }
+    // The password variables are read; no program started later sees them.
+    for p in &account.proxies {
+        if let Some(config::SecretRef::Env(var)) = &p.password {
+            crate::sys::remove_env(var.as_ref());
+        }
+    }
+    let rd = RunDir::new(name);
+    rd.create().with_context(|| format!("account {name}"))?;
+    let lock = rd
+        .lock_daemon(20)
+        .with_context(|| format!("account {name}"))?
+        .ok_or_else(|| anyhow!("account {name}: a daemon is already running (pid {})", rd.read_pid().unwrap_or(0)))?;
+    rd.write_pid(std::process::id())?;
+
+    let mut rollback = Rollback::default();
+    match apply(&account, &mut rollback) {
+        Ok(tun) => {
+            let state = State {
+                account: account.name.clone(),
+                namespace: account.namespace.clone(),
+                pid: std::process::id(),
+                policy: policy.canonicalize().unwrap_or_else(|_| PathBuf::from(policy)),
+                tun: plan::TUN_NAME.into(),
+                dns: plan::DNS_V4.to_string(),
+                proxy: account.usable_proxies().first().map(|p| p.display_name()).unwrap_or_default(),
+                exec_users: account.exec.users.clone(),
+                exec_groups: account.exec.groups.clone(),
+                started_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            };
+            if let Err(e) = rd.write_state(&state) {
+                drop(tun);
+                rollback.run(name);
+                return Err(e.into());
+            }
+            Ok(Started { account, creds, rundir: rd, tun, _lock: lock })
+        }
+        Err(e) => {
+            rollback.run(name);
+            let _ = std::fs::remove_file(rd.pid_path());
+            Err(e)
+        }
+    }
+}
+
+/// Namespace, /etc/netns files, TUN. Each applied step registers its undo.
+fn apply(a: &Account, rollback: &mut Rollback) -> anyhow::Result<OwnedFd> {
+    let ns = a.namespace.clone();
+    let created = netns::create_or_reuse(&ns).with_context(|| format!("account {}", a.name))?;
+    if created {
+        let n = ns.clone();
+        rollback.push("remove namespace", move || netns::remove(&n).map_err(|e| e.to_string()));
+        tracing::info!(account = %a.name, namespace = %ns, "namespace created");
+    } else {
+        tracing::info!(account = %a.name, namespace = %ns, "namespace reused");
+    }
+    let etc_created = rundir::write_etc_netns(&ns, plan::DNS_V4).with_context(|| format!("account {}", a.name))?;
+    if etc_created {
+        let n = ns.clone();
+        rollback.push("remove /etc/netns files", move || rundir::remove_etc_netns(&n).map_err(|e| e.to_string()));
+    }
+    let tun = link::create_tun(&link::TunPlan { namespace: ns, mtu: a.mtu, txqueuelen: 1000 })
+        .with_context(|| format!("account {}", a.name))?;
+    Ok(tun)
+}
+
+fn serve(s: Started) -> anyhow::Result<()> {
+    let name = s.account.name.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("nsproxy-{name}"))
+        .enable_all()
+        .build()
+        .with_context(|| format!("account {name}: cannot start runtime"))?;
+    let res = rt.block_on(async {
+        let shutdown = shutdown_signal();
+        tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
+        engine::run(s.account.clone(), s.creds, s.tun, s.rundir.clone(), shutdown).await
+    });
+    tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
+    let _ = std::fs::remove_file(s.rundir.pid_path());
+    res
+}
+
+/// Resolves on SIGTERM, SIGINT or SIGHUP.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+}

@@ -1,0 +1,15 @@
+//! nsproxy: every outbound connection of an unmodified program leaves
+//! through the account's proxy.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod exec;
+pub mod link;
+pub mod netns;
+pub mod rundir;
+pub mod secrets;
+pub mod sys;

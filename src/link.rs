@@ -1,0 +1,115 @@
+//! The account's TUN device: created *inside* the namespace on a dedicated
+//! thread, configured there over a netlink socket opened in that namespace,
+//! and handed back as an fd that the host-side daemon reads and writes.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::config::plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "cannot create TUN {name} in namespace {ns}: {reason} (is the tun module loaded and /dev/net/tun present?)"
+    )]
+    CreateTun { ns: String, name: String, reason: String },
+    #[error("netlink in namespace {ns}: {op}: {reason}")]
+    Netlink { ns: String, op: &'static str, reason: String },
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+}
+
+#[derive(Debug, Clone)]
+pub struct TunPlan {
+    pub namespace: String,
+    pub mtu: u32,
+    pub txqueuelen: u32,
+}
+
+/// Creates and configures the TUN in the plan's namespace: `lo` up, `tun0`
+/// up with the plan's MTU and address, the only default route via `tun0`.
+/// IPv6 gets no route (so it fails at once with ENETUNREACH).
+pub fn create_tun(p: &TunPlan) -> Result<OwnedFd, LinkError> {
+    let plan_c = p.clone();
+    crate::netns::run_in(&p.namespace, move || create_tun_here(&plan_c))?
+}
+
+fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
+    let ns = p.namespace.clone();
+    let mut cfg = tun::Configuration::default();
+    cfg.tun_name(plan::TUN_NAME).platform_config(|c| {
+        c.ensure_root_privileges(false);
+    });
+    let dev = tun::create(&cfg).map_err(|e| LinkError::CreateTun {
+        ns: ns.clone(),
+        name: plan::TUN_NAME.into(),
+        reason: e.to_string(),
+    })?;
+    dev.set_nonblock().map_err(|e| LinkError::CreateTun {
+        ns: ns.clone(),
+        name: plan::TUN_NAME.into(),
+        reason: e.to_string(),
+    })?;
+    let fd = crate::sys::tun_into_owned(dev);
+    // IPv6 is blocked: no address, no route, and no link-local either.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan::TUN_NAME), "1");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| LinkError::Netlink {
+        ns: ns.clone(),
+        op: "runtime",
+        reason: e.to_string(),
+    })?;
+    rt.block_on(configure(p))?;
+    Ok(fd)
+}
+
+async fn configure(p: &TunPlan) -> Result<(), LinkError> {
+    let ns = p.namespace.as_str();
+    let nl =
+        |op: &'static str| move |e: rtnetlink::Error| LinkError::Netlink { ns: ns.into(), op, reason: e.to_string() };
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| LinkError::Netlink {
+        ns: ns.into(),
+        op: "open socket",
+        reason: e.to_string(),
+    })?;
+    let task = tokio::spawn(conn);
+    let res = async {
+        let lo = index_of(&handle, "lo").await.map_err(nl("find lo"))?;
+        handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("set lo up"))?;
+        let tun = index_of(&handle, plan::TUN_NAME).await.map_err(nl("find tun0"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(tun).mtu(p.mtu).txqueuelen(p.txqueuelen).up().build())
+            .execute()
+            .await
+            .map_err(nl("set tun0 up"))?;
+        handle
+            .address()
+            .add(tun, IpAddr::V4(plan::TUN_V4), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("add tun0 address"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(tun).build();
+        handle.route().add(route).replace().execute().await.map_err(nl("add default route"))?;
+        Ok(())
+    }
+    .await;
+    task.abort();
+    res
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await? {
+        Some(msg) => Ok(msg.header.index),
+        None => Err(rtnetlink::Error::RequestFailed),
+    }
+}
+
+/// Whether `tun0` exists in the namespace (for `status`).
+pub fn tun_present(namespace: &str) -> bool {
+    crate::netns::run_in(namespace, || nix::net::if_::if_nametoindex(plan::TUN_NAME).is_ok()).unwrap_or(false)
+}

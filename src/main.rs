@@ -1,0 +1,55 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand};
+use nsproxy::{commands, daemon, exec};
+
+fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `exec` first: no runtime, no thread, nothing else may have started.
+    if let Command::Exec { account, user, command } = &cli.command {
+        init_logging(cli.log_level.as_deref(), cli.log_format, "warn");
+        let err = exec::exec(account, user.as_deref(), command);
+        eprintln!("nsproxy: {err}");
+        return ExitCode::from(err.exit_code() as u8);
+    }
+    let is_daemon = matches!(cli.command, Command::Daemon { .. } | Command::Up { foreground: true, .. });
+    init_logging(cli.log_level.as_deref(), cli.log_format, if is_daemon { "info" } else { "warn" });
+    let res = match &cli.command {
+        Command::Up { account, foreground } => commands::up(&cli.policies, account, *foreground),
+        Command::Down { account, kill } => commands::down(&cli.policies, account, *kill),
+        Command::Status { account, json } => commands::status(&cli.policies, account.as_deref(), *json),
+        Command::List { json } => commands::list(&cli.policies, *json),
+        Command::Policy { command: PolicyCommand::Check { path } } => {
+            return commands::policy_check(path.as_deref().unwrap_or(&cli.policies));
+        }
+        Command::Daemon { account, ready_fd } => {
+            let fd = match ready_fd.map(nsproxy::sys::inherited_fd).transpose() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    eprintln!("nsproxy: --ready-fd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            daemon::run(account, &cli.policies, fd)
+        }
+        Command::Exec { .. } => unreachable!("handled above"),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nsproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Named network namespaces (`/run/netns/<name>`, visible to `ip netns`),
+//! and running code inside one on a dedicated thread that then exits.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use netns_rs::NetNs;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sched::{CloneFlags, setns};
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot create network namespace {name}: {reason}")]
+    Create { name: String, reason: String },
+    #[error("network namespace {name} does not exist")]
+    Missing { name: String },
+    #[error("cannot open network namespace {name}: {source}")]
+    Open { name: String, source: io::Error },
+    #[error("cannot enter network namespace {name}: {source}")]
+    Enter { name: String, source: nix::Error },
+    #[error("cannot remove network namespace {name}: {reason}")]
+    Remove { name: String, reason: String },
+    #[error("thread for namespace {name} failed: {reason}")]
+    Thread { name: String, reason: String },
+}
+
+pub fn ns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// (dev, inode) of a namespace file, the identity `/proc/<pid>/ns/net`
+/// links compare against.
+fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether `/run/netns/<name>` is a live namespace (not a stale plain file
+/// left by a crash).
+pub fn exists(name: &str) -> bool {
+    let nsfs_dev = match fs::metadata("/proc/self/ns/net") {
+        Ok(m) => m.dev(),
+        Err(_) => return false,
+    };
+    matches!(ns_id(&ns_path(name)), Ok((dev, _)) if dev == nsfs_dev)
+}
+
+/// Serialises namespace creation and removal between nsproxy processes
+/// (netns-rs turns /run/netns into a shared mount point on first use).
+fn global_lock() -> Result<Flock<File>, String> {
+    fs::create_dir_all(crate::rundir::RUN_ROOT).map_err(|e| e.to_string())?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(crate::rundir::RUN_ROOT).join(".netns.lock"))
+        .map_err(|e| e.to_string())?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| e.to_string())
+}
+
+/// Creates the namespace, or reuses a live one. Returns whether it was
+/// created by this call. A stale file is removed and replaced.
+pub fn create_or_reuse(name: &str) -> Result<bool, NetnsError> {
+    let err = |reason: String| NetnsError::Create { name: name.into(), reason };
+    let _lock = global_lock().map_err(|e| err(format!("lock: {e}")))?;
+    if exists(name) {
+        return Ok(false);
+    }
+    let path = ns_path(name);
+    if path.exists() {
+        // A stale mount point (the namespace behind it is gone).
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        fs::remove_file(&path).map_err(|e| err(format!("stale {}: {e}", path.display())))?;
+    }
+    NetNs::new(name).map_err(|e| err(e.to_string()))?;
+    Ok(true)
+}
+
+/// Removes the namespace; already gone is success.
+pub fn remove(name: &str) -> Result<(), NetnsError> {
+    let _lock = global_lock().map_err(|reason| NetnsError::Remove { name: name.into(), reason })?;
+    let path = ns_path(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(NetnsError::Remove { name: name.into(), reason: format!("umount: {e}") }),
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(NetnsError::Remove { name: name.into(), reason: format!("unlink: {e}") })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` on a fresh thread that has entered the namespace; the thread
+/// exits afterwards, so no other code ever runs in the wrong namespace.
+pub fn run_in<T, F>(name: &str, f: F) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if !exists(name) {
+        return Err(NetnsError::Missing { name: name.into() });
+    }
+    let file = File::open(ns_path(name)).map_err(|source| NetnsError::Open { name: name.into(), source })?;
+    let owned = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("netns-{name}"))
+        .spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { name: owned, source })?;
+            Ok(f())
+        })
+        .map_err(|e| NetnsError::Thread { name: name.into(), reason: e.to_string() })?
+        .join()
+        .map_err(|_| NetnsError::Thread { name: name.into(), reason: "panicked".into() })?
+}
+
+/// Processes whose network namespace is this one.
+pub fn pids_in(name: &str) -> Vec<i32> {
+    let Ok(target) = ns_id(&ns_path(name)) else { return Vec::new() };
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| ns_id(Path::new(&format!("/proc/{pid}/ns/net"))).is_ok_and(|id| id == target))
+        .collect();
+    pids.sort();
+    pids
+}

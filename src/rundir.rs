@@ -1,0 +1,264 @@
+//! The per-account run directory `/run/nsproxy/<account>/`: lock, pid and
+//! state files, the daemon log. Created with safe modes; symlinks refused.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+pub const RUN_ROOT: &str = "/run/nsproxy";
+pub const ETC_NETNS: &str = "/etc/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("refusing {path}: it is a symlink or not a directory owned by root (remove it and try again)")]
+    Unsafe { path: PathBuf },
+    #[error("cannot open lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt: {reason} (remove it, or run `nsproxy down`)")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// What a running daemon publishes about its account. Contains no secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub account: String,
+    pub namespace: String,
+    pub pid: u32,
+    pub policy: PathBuf,
+    pub tun: String,
+    pub dns: String,
+    pub proxy: String,
+    /// Local users and groups allowed to `exec` (names, as in the policy).
+    pub exec_users: Vec<String>,
+    pub exec_groups: Vec<String>,
+    pub started_at_unix: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub account: String,
+    pub dir: PathBuf,
+}
+
+/// Creates `path` with `mode` if missing; refuses symlinks and directories
+/// not owned by root.
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(RunDirError::Create { path: path.into(), source }),
+    }
+    let meta = fs::symlink_metadata(path).map_err(|source| RunDirError::Create { path: path.into(), source })?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(RunDirError::Unsafe { path: path.into() });
+    }
+    Ok(())
+}
+
+impl RunDir {
+    pub fn new(account: &str) -> RunDir {
+        RunDir { account: account.into(), dir: Path::new(RUN_ROOT).join(account) }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.exists()
+    }
+
+    pub fn create(&self) -> Result<(), RunDirError> {
+        ensure_dir(Path::new(RUN_ROOT), 0o755)?;
+        ensure_dir(&self.dir, 0o700)
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn pid_path(&self) -> PathBuf {
+        self.dir.join("daemon.pid")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    fn open_lock(&self) -> Result<File, RunDirError> {
+        let path = self.lock_path();
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|source| RunDirError::Lock { path, source })
+    }
+
+    /// Takes the daemon lock, retrying for `tries` x 50 ms. `Ok(None)`: held
+    /// by a running daemon.
+    pub fn lock_daemon(&self, tries: u32) -> Result<Option<Flock<File>>, RunDirError> {
+        for i in 0..tries.max(1) {
+            let f = self.open_lock()?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(Some(l)),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if i + 1 < tries => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => {
+                    return Err(RunDirError::Lock { path: self.lock_path(), source: io::Error::from(e) });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a daemon holds the lock right now.
+    pub fn daemon_alive(&self) -> bool {
+        let Ok(f) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(self.lock_path()) else {
+            return false;
+        };
+        matches!(Flock::lock(f, FlockArg::LockSharedNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+    }
+
+    pub fn read_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()
+    }
+
+    pub fn write_pid(&self, pid: u32) -> Result<(), RunDirError> {
+        write_atomic(&self.pid_path(), format!("{pid}\n").as_bytes(), 0o644)
+    }
+
+    pub fn write_state(&self, s: &State) -> Result<(), RunDirError> {
+        let path = self.state_path();
+        let json = serde_json::to_vec_pretty(s)
+            .map_err(|e| RunDirError::Write { path: path.clone(), source: io::Error::other(e) })?;
+        write_atomic(&path, &json, 0o600)
+    }
+
+    pub fn read_state(&self) -> Result<Option<State>, RunDirError> {
+        let path = self.state_path();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(RunDirError::Read { path, source }),
+        };
+        serde_json::from_slice(&text).map(Some).map_err(|e| RunDirError::Corrupt { path, reason: e.to_string() })
+    }
+
+    /// Removes the run directory; already gone is success.
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Accounts that have a run directory.
+pub fn accounts_with_rundir() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(RUN_ROOT)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Writes `path` through a temporary file and rename, so readers never see a
+/// half-written file.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let err = |source| RunDirError::Write { path: path.into(), source };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
+}
+
+/// `/etc/netns/<ns>`: the files `ip netns exec` and `nsproxy exec` bind over
+/// `/etc` inside the namespace.
+pub fn etc_netns_dir(namespace: &str) -> PathBuf {
+    Path::new(ETC_NETNS).join(namespace)
+}
+
+/// Writes resolv.conf (nameserver = the stack's DNS address) and an
+/// nsswitch.conf whose hosts line is `files dns`, keeping the host's other
+/// databases. Returns whether the directory was created.
+pub fn write_etc_netns(namespace: &str, dns: std::net::Ipv4Addr) -> Result<bool, RunDirError> {
+    ensure_dir(Path::new(ETC_NETNS), 0o755)?;
+    let dir = etc_netns_dir(namespace);
+    let created = !dir.exists();
+    ensure_dir(&dir, 0o755)?;
+    let resolv = format!("# written by nsproxy: DNS is answered through the account's proxy\nnameserver {dns}\n");
+    write_atomic(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644)?;
+    let host = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    write_atomic(&dir.join("nsswitch.conf"), nsswitch_for_namespace(&host).as_bytes(), 0o644)?;
+    Ok(created)
+}
+
+/// The host's nsswitch.conf with its `hosts:` line replaced by
+/// `hosts: files dns` (no nss-resolve, mdns, myhostname ...).
+pub fn nsswitch_for_namespace(host: &str) -> String {
+    let mut out = String::from("# written by nsproxy: host names resolve via /etc/hosts and the account's DNS only\n");
+    let mut had_hosts = false;
+    for line in host.lines() {
+        if line.trim_start().starts_with("hosts:") {
+            had_hosts = true;
+            out.push_str("hosts: files dns\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !had_hosts {
+        if host.trim().is_empty() {
+            out.push_str("passwd: files\ngroup: files\nshadow: files\n");
+        }
+        out.push_str("hosts: files dns\n");
+    }
+    out
+}
+
+/// Removes `/etc/netns/<ns>`; already gone is success.
+pub fn remove_etc_netns(namespace: &str) -> io::Result<()> {
+    match fs::remove_dir_all(etc_netns_dir(namespace)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn nsswitch_replaces_only_hosts() {
+        let host = "passwd: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] resolve dns myhostname\nnetworks: files\n";
+        let out = nsswitch_for_namespace(host);
+        assert!(out.contains("passwd: files systemd\n"));
+        assert!(out.contains("\nhosts: files dns\n"));
+        assert!(!out.contains("resolve"));
+        assert!(out.contains("networks: files\n"));
+        assert!(nsswitch_for_namespace("").contains("hosts: files dns"));
+    }
+}

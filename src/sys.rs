@@ -1,0 +1,50 @@
+//! The only module allowed `unsafe`: ownership transfers of raw file
+//! descriptors that the safe APIs around us cannot express.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+/// Takes ownership of the TUN device's fd.
+pub fn tun_into_owned(dev: tun::Device) -> OwnedFd {
+    let raw = dev.into_raw_fd();
+    // SAFETY: `into_raw_fd` hands over sole ownership of a valid, open fd.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Registers an owned fd with the tokio reactor.
+pub fn register_async(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes the OwnedFd by value, so the descriptor stays
+    // open and unique for as long as it is registered, and is deregistered
+    // before it is closed (AsyncFd's Drop).
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Borrows a descriptor number read from /proc/self/fd.
+pub fn borrow_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used in the single-threaded exec path on descriptors that
+    // /proc/self/fd just listed and that nothing closes before exec.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Environment changes: only called from the exec path, before any thread
+/// exists, and from the daemon before its runtime starts.
+pub fn remove_env(k: &std::ffi::OsStr) {
+    // SAFETY: single-threaded at this point (see above).
+    unsafe { std::env::remove_var(k) }
+}
+
+pub fn set_env(k: &str, v: &std::ffi::OsStr) {
+    // SAFETY: single-threaded at this point (see above).
+    unsafe { std::env::set_var(k, v) }
+}
+
+/// Takes ownership of a descriptor inherited from the parent (`up` passes
+/// the write end of its readiness pipe by number). Checks it is open.
+pub fn inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    let borrowed = borrow_fd(fd);
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).map_err(std::io::Error::from)?;
+    // SAFETY: the parent handed this descriptor to us alone; it is open (just
+    // checked) and nothing else in this process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
