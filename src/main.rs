@@ -7,7 +7,8 @@ use nsproxy::{commands, daemon, exec};
 fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => b.try_init(),
         LogFormat::Json => b.json().try_init(),

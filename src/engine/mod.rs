@@ -1,34 +1,336 @@
-//! The data plane. (Placeholder: reads and drops every packet.)
+//! The data plane: one poll loop per account reads the TUN, classifies each
+//! packet, answers DNS itself, holds each new SYN until the upstream is
+//! connected through the proxy (deferred accept), and feeds the rest to the
+//! smoltcp stack. One task per flow relays between the stack socket and the
+//! upstream. Nothing leaves except through the proxy.
 
-use std::os::fd::OwnedFd;
+pub mod adapter;
+pub mod device;
+pub mod packet;
+pub mod relay;
+pub mod stack;
+pub mod stats;
 
-use crate::config::Account;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::config::{Account, is_fake_ip};
+use crate::dns::fakeip::FakeIpTable;
+use crate::proxy::{Connected, Target, Upstream};
 use crate::rundir::RunDir;
 use crate::secrets::Secret;
+use adapter::SmolStream;
+use device::FdSink;
+use packet::Class;
+use stack::{Flow, FlowKey, Shared, Stack};
+use stats::Stats;
+
+/// The TUN fd, shared between the reader (the loop) and the writers.
+#[derive(Clone)]
+struct TunRef(Arc<AsyncFd<OwnedFd>>);
+
+impl AsFd for TunRef {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.get_ref().as_fd()
+    }
+}
+
+/// Fake-IP table and its append-only log under the run directory.
+struct FakeDns {
+    table: FakeIpTable,
+    log: Option<std::fs::File>,
+}
+
+impl FakeDns {
+    fn open(rundir: &RunDir, account: &str) -> FakeDns {
+        let path = rundir.dir.join("fakeip.txt");
+        let (table, bad) = match std::fs::read_to_string(&path) {
+            Ok(text) => FakeIpTable::from_text(&text),
+            Err(_) => (FakeIpTable::default(), 0),
+        };
+        if bad > 0 {
+            tracing::warn!(account, file = %path.display(), bad, "skipped corrupt lines of the fake-IP table");
+        }
+        // Compact: rewrite what was loaded, then append new entries.
+        let _ = crate::rundir::write_atomic(&path, table.to_text().as_bytes(), 0o600);
+        let log = OpenOptions::new().append(true).open(&path).ok();
+        if !table.is_empty() {
+            tracing::info!(account, entries = table.len(), "fake-IP table restored");
+        }
+        FakeDns { table, log }
+    }
+
+    fn answer(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+        let a = crate::dns::answer_fake_ip(&mut self.table, msg)?;
+        if let (Some((ip, name)), Some(log)) = (&a.new_entry, self.log.as_mut()) {
+            let _ = log.write_all(format!("{ip} {name}\n").as_bytes());
+        }
+        Some(a.reply)
+    }
+}
+
+struct Ctx {
+    account: String,
+    upstream: Upstream,
+    idle: Duration,
+    max_flows: usize,
+    max_half_open: usize,
+    stats: Arc<Stats>,
+    shared: Arc<Shared>,
+    dns: Mutex<FakeDns>,
+}
+
+enum Event {
+    Ready(FlowKey, Vec<u8>, Connected),
+    Failed(FlowKey, Vec<u8>),
+}
 
 pub async fn run(
     account: Account,
-    _creds: Vec<Option<Secret>>,
+    creds: Vec<Option<Secret>>,
     tun: OwnedFd,
-    _rundir: RunDir,
+    rundir: RunDir,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let fd = crate::sys::register_async(tun)?;
-    let mut buf = vec![0u8; 65536];
+    let name = account.name.clone();
+    let mut pool: Vec<(usize, &crate::config::ProxyEntry)> =
+        account.proxies.iter().enumerate().filter(|(_, p)| p.enabled).collect();
+    pool.sort_by_key(|(_, p)| p.priority);
+    let Some(&(idx, best)) = pool.first() else { anyhow::bail!("account {name}: no enabled proxy") };
+    let upstream = Upstream { entry: best.clone(), password: creds.get(idx).cloned().flatten() };
+    if pool.len() > 1 {
+        tracing::warn!(account = %name, proxy = %upstream.name(), standby = pool.len() - 1,
+            "pool failover is not implemented yet: every flow uses the best-priority proxy");
+    }
+    tracing::info!(account = %name, proxy = %upstream.name(), "proxy selected");
+    raise_nofile();
+
+    let tun = TunRef(Arc::new(crate::sys::register_async(tun)?));
+    let mtu = account.mtu as usize;
+    let stack =
+        Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), mtu, account.limits.socket_buffer as usize);
+    let shared = Arc::new(Shared::new(stack));
+    let stats = Arc::new(Stats::default());
+    let ctx = Arc::new(Ctx {
+        account: name.clone(),
+        upstream,
+        idle: account.limits.idle_timeout,
+        max_flows: account.limits.max_flows as usize,
+        max_half_open: account.limits.max_half_open as usize,
+        stats: stats.clone(),
+        shared: shared.clone(),
+        dns: Mutex::new(FakeDns::open(&rundir, &name)),
+    });
+    let publisher = tokio::spawn(publish_stats(ctx.clone(), rundir.clone()));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut buf = vec![0u8; mtu.max(1500) + 64];
     tokio::pin!(shutdown);
     loop {
+        let delay = {
+            let mut st = shared.lock();
+            while st.poll() {}
+            st.reap();
+            st.delay()
+        };
+        let sleep = match delay {
+            Some(d) if d.is_zero() => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Some(d) => d,
+            None => Duration::from_secs(3600),
+        };
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            g = fd.readable() => {
-                let mut g = g?;
-                loop {
+            biased;
+            _ = &mut shutdown => break,
+            ev = rx.recv() => {
+                if let Some(ev) = ev { handle_event(&ctx, ev) }
+                while let Ok(ev) = rx.try_recv() { handle_event(&ctx, ev) }
+            }
+            g = tun.0.readable() => {
+                let mut g = match g { Ok(g) => g, Err(e) => anyhow::bail!("account {name}: TUN: {e}") };
+                for _ in 0..256 {
                     match g.try_io(|f| nix::unistd::read(f.get_ref(), &mut buf).map_err(std::io::Error::from)) {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => { tracing::warn!(account = %account.name, error = %e, "tun read"); break }
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(n)) => ingress(&ctx, &tun, &tx, &buf[..n]),
+                        Ok(Err(e)) => { tracing::warn!(account = %name, error = %e, "TUN read failed"); break }
                         Err(_would_block) => break,
                     }
                 }
             }
+            _ = shared.notify.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
         }
+    }
+    publisher.abort();
+    let (a, p) = shared.lock().counts();
+    write_stats(&ctx, &rundir, a, p);
+    Ok(())
+}
+
+fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
+    match packet::classify(pkt) {
+        Class::TcpSyn { src, dst } => on_syn(ctx, tx, (src, dst), pkt),
+        c @ (Class::Tcp | Class::Udp) => {
+            if c == Class::Udp {
+                ctx.stats.udp_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if !ctx.shared.lock().dev.push(pkt.to_vec()) {
+                ctx.stats.packets_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Class::Dns { src, dst, payload } => {
+            ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reply = ctx.dns.lock().unwrap_or_else(|e| e.into_inner()).answer(payload);
+            if let Some(r) = reply {
+                let out = packet::udp_v4(dst, src, &r);
+                let _ = nix::unistd::write(tun.as_fd(), &out);
+            }
+        }
+        Class::Drop(reason) => {
+            ctx.stats.packets_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::trace!(account = %ctx.account, reason, "packet dropped");
+        }
+    }
+}
+
+fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: &[u8]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut st = ctx.shared.lock();
+    match st.flow(&key) {
+        Some(Flow::Pending) => return, // retransmitted SYN: still connecting
+        Some(Flow::Open(_)) => {
+            st.dev.push(pkt.to_vec());
+            return;
+        }
+        None => {}
+    }
+    let (open, pending) = st.counts();
+    if open + pending >= ctx.max_flows || pending >= ctx.max_half_open {
+        ctx.stats.flows_refused_limit.fetch_add(1, Relaxed);
+        tracing::warn!(account = %ctx.account, dst = %key.1, open, pending, "flow refused: flow limit reached");
+        st.refuse(key, pkt.to_vec());
+        return;
+    }
+    let dst = key.1;
+    // DNS over TCP is answered here, never proxied.
+    if dst.port() == 53 {
+        if let Some(h) = st.accept(key, pkt.to_vec()) {
+            drop(st);
+            tokio::spawn(dns_tcp(ctx.clone(), SmolStream::new(ctx.shared.clone(), h)));
+        }
+        return;
+    }
+    let target = match dst.ip() {
+        IpAddr::V4(v4) if is_fake_ip(dst.ip()) => {
+            let dns = ctx.dns.lock().unwrap_or_else(|e| e.into_inner());
+            match dns.table.lookup(v4) {
+                Some(n) => Target::Name(n.to_string(), dst.port()),
+                None => {
+                    drop(dns);
+                    ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
+                    tracing::warn!(account = %ctx.account, dst = %dst, "flow refused: fake IP with no name (stale DNS answer?)");
+                    st.refuse(key, pkt.to_vec());
+                    return;
+                }
+            }
+        }
+        _ => Target::Ip(dst),
+    };
+    st.begin(key);
+    drop(st);
+    let (ctx, tx, syn) = (ctx.clone(), tx.clone(), pkt.to_vec());
+    tokio::spawn(async move {
+        let ev = match ctx.upstream.connect(&target).await {
+            Ok(c) => Event::Ready(key, syn, c),
+            Err(e) => {
+                ctx.stats.flows_refused_proxy.fetch_add(1, Relaxed);
+                tracing::warn!(account = %ctx.account, target = %target, error = %e, "flow refused");
+                Event::Failed(key, syn)
+            }
+        };
+        let _ = tx.send(ev);
+    });
+}
+
+fn handle_event(ctx: &Arc<Ctx>, ev: Event) {
+    match ev {
+        Event::Failed(key, syn) => ctx.shared.lock().refuse(key, syn),
+        Event::Ready(key, syn, conn) => {
+            let h = ctx.shared.lock().accept(key, syn);
+            let Some(h) = h else { return };
+            ctx.stats.flows_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let program = SmolStream::new(ctx.shared.clone(), h);
+                if program.established().await.is_err() {
+                    let _ = conn.stream.set_zero_linger();
+                    return;
+                }
+                let end = relay::relay(program, conn.stream, conn.leftover, ctx.idle, &ctx.stats).await;
+                tracing::debug!(account = %ctx.account, dst = %key.1, ?end, "flow ended");
+            });
+        }
+    }
+}
+
+/// DNS over TCP (RFC 7766): length-prefixed queries, answered in order.
+async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
+    if s.established().await.is_err() {
+        return;
+    }
+    let mut msg = vec![0u8; 65535];
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut len)).await;
+        let Ok(Ok(_)) = read else { break };
+        let n = u16::from_be_bytes(len) as usize;
+        if tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut msg[..n])).await.is_err() {
+            break;
+        }
+        ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reply = ctx.dns.lock().unwrap_or_else(|e| e.into_inner()).answer(&msg[..n]);
+        let Some(r) = reply else { break };
+        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&r);
+        if s.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+    let _ = s.shutdown().await;
+}
+
+fn write_stats(ctx: &Ctx, rundir: &RunDir, active: usize, pending: usize) {
+    let snap = ctx.stats.snapshot(active, pending);
+    if let Ok(json) = serde_json::to_vec_pretty(&snap) {
+        let _ = crate::rundir::write_atomic(&rundir.dir.join("stats.json"), &json, 0o644);
+    }
+}
+
+async fn publish_stats(ctx: Arc<Ctx>, rundir: RunDir) {
+    let mut last = None;
+    loop {
+        let (a, p) = ctx.shared.lock().counts();
+        let snap = ctx.stats.snapshot(a, p);
+        if last.as_ref() != Some(&snap) {
+            write_stats(&ctx, &rundir, a, p);
+            last = Some(snap);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

@@ -1,0 +1,103 @@
+//! The smoltcp device over the TUN: received packets are queued by the loop
+//! (after classification); transmitted packets are written straight to the
+//! non-blocking TUN fd (dropped on EAGAIN; TCP retransmits).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// Where transmitted packets go: the TUN in the daemon, a queue in tests.
+pub trait Sink {
+    fn send(&mut self, pkt: &[u8]);
+}
+
+/// Writes to a TUN fd.
+pub struct FdSink<F: AsFd> {
+    pub fd: F,
+    pub dropped: u64,
+}
+
+impl<F: AsFd> Sink for FdSink<F> {
+    fn send(&mut self, pkt: &[u8]) {
+        let fd: BorrowedFd<'_> = self.fd.as_fd();
+        if nix::unistd::write(fd, pkt).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+pub struct TunDevice<S: Sink> {
+    pub rx: VecDeque<Vec<u8>>,
+    pub rx_limit: usize,
+    pub sink: S,
+    pub mtu: usize,
+    tx_buf: Vec<u8>,
+}
+
+impl<S: Sink> TunDevice<S> {
+    pub fn new(sink: S, mtu: usize, rx_limit: usize) -> Self {
+        TunDevice { rx: VecDeque::new(), rx_limit, sink, mtu, tx_buf: Vec::with_capacity(mtu) }
+    }
+
+    /// Queues a packet for the stack; false (dropped) when the queue is full.
+    pub fn push(&mut self, pkt: Vec<u8>) -> bool {
+        if self.rx.len() >= self.rx_limit {
+            return false;
+        }
+        self.rx.push_back(pkt);
+        true
+    }
+}
+
+pub struct RxToken(Vec<u8>);
+
+pub struct TxToken<'a, S: Sink> {
+    sink: &'a mut S,
+    buf: &'a mut Vec<u8>,
+}
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl<S: Sink> phy::TxToken for TxToken<'_, S> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let r = f(&mut self.buf[..]);
+        self.sink.send(&self.buf[..]);
+        r
+    }
+}
+
+impl<S: Sink> phy::Device for TunDevice<S> {
+    type RxToken<'a>
+        = RxToken
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, S>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _t: Instant) -> Option<(RxToken, TxToken<'_, S>)> {
+        let pkt = self.rx.pop_front()?;
+        Some((RxToken(pkt), TxToken { sink: &mut self.sink, buf: &mut self.tx_buf }))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<TxToken<'_, S>> {
+        Some(TxToken { sink: &mut self.sink, buf: &mut self.tx_buf })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = self.mtu;
+        c.max_burst_size = None;
+        c
+    }
+}

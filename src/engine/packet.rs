@@ -1,0 +1,177 @@
+//! Classification of packets read from the TUN, and hand-built UDP replies.
+//! Pure: bytes in, verdict out. Checksums are verified before anything is
+//! allocated for a packet.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Class<'a> {
+    /// A connection attempt (SYN without ACK), checksum verified.
+    TcpSyn { src: SocketAddr, dst: SocketAddr },
+    /// Any other TCP segment: for the stack.
+    Tcp,
+    /// A DNS query over UDP to any address.
+    Dns { src: SocketAddrV4, dst: SocketAddrV4, payload: &'a [u8] },
+    /// Other UDP: the stack answers ICMP port unreachable.
+    Udp,
+    /// Dropped, with the reason (counted).
+    Drop(&'static str),
+}
+
+pub fn classify(pkt: &[u8]) -> Class<'_> {
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => classify_v4(pkt),
+        Some(6) => Class::Drop("ipv6 (blocked)"),
+        _ => Class::Drop("not an IP packet"),
+    }
+}
+
+fn classify_v4(pkt: &[u8]) -> Class<'_> {
+    let Ok(ip) = Ipv4Packet::new_checked(pkt) else { return Class::Drop("bad IPv4 header") };
+    if !ip.verify_checksum() {
+        return Class::Drop("bad IPv4 checksum");
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Class::Drop("IPv4 fragment");
+    }
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (ip.src_addr(), ip.dst_addr());
+    let payload = ip.payload();
+    match ip.next_header() {
+        IpProtocol::Tcp => {
+            let Ok(tcp) = TcpPacket::new_checked(payload) else { return Class::Drop("bad TCP header") };
+            if !tcp.verify_checksum(&src.into(), &dst.into()) {
+                return Class::Drop("bad TCP checksum");
+            }
+            if tcp.syn() && !tcp.ack() {
+                if tcp.fin() || tcp.rst() {
+                    return Class::Drop("SYN with FIN or RST");
+                }
+                return Class::TcpSyn {
+                    src: SocketAddr::new(IpAddr::V4(src), tcp.src_port()),
+                    dst: SocketAddr::new(IpAddr::V4(dst), tcp.dst_port()),
+                };
+            }
+            Class::Tcp
+        }
+        IpProtocol::Udp => {
+            let Ok(udp) = UdpPacket::new_checked(payload) else { return Class::Drop("bad UDP header") };
+            if udp.checksum() != 0 && !udp.verify_checksum(&src.into(), &dst.into()) {
+                return Class::Drop("bad UDP checksum");
+            }
+            if udp.dst_port() == 53 {
+                let len = (udp.len() as usize).saturating_sub(8).min(udp.payload().len());
+                return Class::Dns {
+                    src: SocketAddrV4::new(src, udp.src_port()),
+                    dst: SocketAddrV4::new(dst, udp.dst_port()),
+                    payload: &udp.payload()[..len],
+                };
+            }
+            Class::Udp
+        }
+        IpProtocol::Icmp => Class::Drop("ICMP (not proxied)"),
+        _ => Class::Drop("unsupported IP protocol"),
+    }
+}
+
+/// An IPv4/UDP packet from `src` to `dst` carrying `payload`.
+pub fn udp_v4(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let udp = UdpRepr { src_port: src.port(), dst_port: dst.port() };
+    let ip = Ipv4Repr {
+        src_addr: *src.ip(),
+        dst_addr: *dst.ip(),
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + payload.len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + ip.payload_len];
+    let caps = ChecksumCapabilities::default();
+    let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.emit(&mut pkt, &caps);
+    let mut u = UdpPacket::new_unchecked(pkt.payload_mut());
+    udp.emit(&mut u, &(*src.ip()).into(), &(*dst.ip()).into(), payload.len(), |b| b.copy_from_slice(payload), &caps);
+    buf
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use smoltcp::wire::{IpAddress, TcpControl, TcpRepr, TcpSeqNumber};
+
+    pub fn tcp_v4(src: SocketAddrV4, dst: SocketAddrV4, control: TcpControl, ack: bool) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: src.port(),
+            dst_port: dst.port(),
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: if ack { Some(TcpSeqNumber(1)) } else { None },
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: *src.ip(),
+            dst_addr: *dst.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut pkt, &caps);
+        let mut t = TcpPacket::new_unchecked(pkt.payload_mut());
+        tcp.emit(&mut t, &IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(*dst.ip()), &caps);
+        buf
+    }
+
+    fn a(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn syn_and_other_tcp() {
+        let syn = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, false);
+        assert_eq!(
+            classify(&syn),
+            Class::TcpSyn { src: "198.18.0.1:40000".parse().unwrap(), dst: "10.9.9.9:443".parse().unwrap() }
+        );
+        let synack = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, true);
+        assert_eq!(classify(&synack), Class::Tcp);
+        let mut bad = syn.clone();
+        let n = bad.len() - 1;
+        bad[n] ^= 0xff;
+        assert_eq!(classify(&bad), Class::Drop("bad TCP checksum"));
+    }
+
+    #[test]
+    fn dns_and_udp() {
+        let q = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:53"), b"query");
+        assert_eq!(classify(&q), Class::Dns { src: a("198.18.0.1:5353"), dst: a("9.9.9.9:53"), payload: b"query" });
+        let quic = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:443"), b"x");
+        assert_eq!(classify(&quic), Class::Udp);
+    }
+
+    #[test]
+    fn garbage_is_dropped_not_panicking() {
+        assert_eq!(classify(&[]), Class::Drop("not an IP packet"));
+        assert_eq!(classify(&[0x45, 0, 0]), Class::Drop("bad IPv4 header"));
+        assert_eq!(classify(&[0x60; 40]), Class::Drop("ipv6 (blocked)"));
+        let mut frag = udp_v4(a("1.1.1.1:1"), a("2.2.2.2:53"), b"x");
+        frag[6] = 0x20; // more fragments
+        let mut p = Ipv4Packet::new_unchecked(&mut frag[..]);
+        p.fill_checksum();
+        assert_eq!(classify(&frag), Class::Drop("IPv4 fragment"));
+        // Every truncation of a valid packet is classified without panic.
+        let syn = tcp_v4(a("198.18.0.1:1"), a("10.0.0.1:2"), TcpControl::Syn, false);
+        for n in 0..syn.len() {
+            let _ = classify(&syn[..n]);
+        }
+    }
+}

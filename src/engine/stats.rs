@@ -1,0 +1,52 @@
+//! Counters of one account's data plane, published to the run directory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub flows_opened: AtomicU64,
+    pub flows_refused_proxy: AtomicU64,
+    pub flows_refused_limit: AtomicU64,
+    pub flows_refused_unknown_fake_ip: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub dns_queries: AtomicU64,
+    pub packets_dropped: AtomicU64,
+    pub udp_refused: AtomicU64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, serde::Deserialize, Default)]
+pub struct Snapshot {
+    pub flows_active: u64,
+    pub flows_pending: u64,
+    pub flows_opened: u64,
+    pub flows_refused_proxy: u64,
+    pub flows_refused_limit: u64,
+    pub flows_refused_unknown_fake_ip: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub dns_queries: u64,
+    pub packets_dropped: u64,
+    pub udp_refused: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self, active: usize, pending: usize) -> Snapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            flows_active: active as u64,
+            flows_pending: pending as u64,
+            flows_opened: g(&self.flows_opened),
+            flows_refused_proxy: g(&self.flows_refused_proxy),
+            flows_refused_limit: g(&self.flows_refused_limit),
+            flows_refused_unknown_fake_ip: g(&self.flows_refused_unknown_fake_ip),
+            bytes_up: g(&self.bytes_up),
+            bytes_down: g(&self.bytes_down),
+            dns_queries: g(&self.dns_queries),
+            packets_dropped: g(&self.packets_dropped),
+            udp_refused: g(&self.udp_refused),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Upstream connections through the account's proxy: SOCKS5 (RFC 1928/1929)
+//! and HTTP CONNECT. The handshakes are byte-level parsers with no I/O
+//! (`socks5`, `http`); `connect` drives them over a TCP stream with the
+//! proxy's connect and handshake timeouts.
+
+pub mod http;
+pub mod socks5;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{ProxyEntry, Scheme};
+use crate::secrets::Secret;
+
+/// Where the program wanted to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Ip(SocketAddr),
+    Name(String, u16),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Ip(a) => write!(f, "{a}"),
+            Target::Name(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+/// Why a proxied connection could not be opened. `Display` names the proxy
+/// by label and `scheme://host:port`, never its credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("proxy {proxy}: cannot connect: {source}")]
+    Connect { proxy: String, source: std::io::Error },
+    #[error("proxy {proxy}: connect timed out after {timeout:?}")]
+    ConnectTimeout { proxy: String, timeout: Duration },
+    #[error("proxy {proxy}: handshake timed out after {timeout:?}")]
+    HandshakeTimeout { proxy: String, timeout: Duration },
+    #[error("proxy {proxy}: authentication failed{detail}")]
+    AuthFailed { proxy: String, detail: String },
+    #[error("proxy {proxy}: refused {target}: {reason}")]
+    Refused { proxy: String, target: String, reason: String, destination_error: bool },
+    #[error("proxy {proxy}: protocol error: {reason}")]
+    Protocol { proxy: String, reason: String },
+    #[error("proxy {proxy}: connection lost during handshake: {source}")]
+    Io { proxy: String, source: std::io::Error },
+}
+
+/// A proxy with its resolved credentials.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub entry: ProxyEntry,
+    pub password: Option<Secret>,
+}
+
+/// A connected, handshaken stream, plus bytes that arrived after the
+/// proxy's reply (they belong to the relay).
+pub struct Connected {
+    pub stream: TcpStream,
+    pub leftover: Vec<u8>,
+}
+
+impl Upstream {
+    pub fn name(&self) -> String {
+        self.entry.display_name()
+    }
+
+    pub async fn connect(&self, target: &Target) -> Result<Connected, ProxyError> {
+        let proxy = self.name();
+        let e = &self.entry;
+        let connect = async {
+            match e.host.parse::<IpAddr>() {
+                Ok(ip) => TcpStream::connect(SocketAddr::new(ip, e.port)).await,
+                Err(_) => TcpStream::connect((e.host.as_str(), e.port)).await,
+            }
+        };
+        let stream = match tokio::time::timeout(e.connect_timeout, connect).await {
+            Err(_) => return Err(ProxyError::ConnectTimeout { proxy, timeout: e.connect_timeout }),
+            Ok(Err(source)) => return Err(ProxyError::Connect { proxy, source }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let sock = socket2_ref(&stream);
+        let _ = sock.set_keepalive(true);
+        match tokio::time::timeout(e.handshake_timeout, self.handshake(stream, target)).await {
+            Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout: e.handshake_timeout }),
+            Ok(r) => r,
+        }
+    }
+
+    async fn handshake(&self, mut s: TcpStream, target: &Target) -> Result<Connected, ProxyError> {
+        let proxy = self.name();
+        let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
+        let creds = match (&self.entry.username, &self.password) {
+            (Some(u), Some(p)) => Some((u.as_str(), p.expose())),
+            _ => None,
+        };
+        let mut buf = Vec::with_capacity(512);
+        match self.entry.scheme {
+            Scheme::Socks5 => {
+                let mut hs = socks5::Handshake::new(target.clone(), creds);
+                s.write_all(&hs.greeting()).await.map_err(io)?;
+                loop {
+                    match hs.feed(&buf).map_err(|f| f.into_error(&proxy, target))? {
+                        socks5::Step::Need => {}
+                        socks5::Step::Send(out, used) => {
+                            buf.drain(..used);
+                            s.write_all(&out).await.map_err(io)?;
+                            continue;
+                        }
+                        socks5::Step::Done(used) => {
+                            buf.drain(..used);
+                            return Ok(Connected { stream: s, leftover: buf });
+                        }
+                    }
+                    read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
+                }
+            }
+            Scheme::Http => {
+                s.write_all(&http::request(target, creds)).await.map_err(io)?;
+                loop {
+                    read_more(&mut s, &mut buf, http::MAX_RESPONSE_HEAD).await.map_err(io)?;
+                    if let Some(used) = http::parse_response(&buf).map_err(|f| f.into_error(&proxy, target))? {
+                        buf.drain(..used);
+                        return Ok(Connected { stream: s, leftover: buf });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads at least one more byte into `buf`; EOF is an error here.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
+    if buf.len() >= max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "reply too long"));
+    }
+    let mut chunk = [0u8; 1024];
+    let want = chunk.len().min(max - buf.len());
+    let n = s.read(&mut chunk[..want]).await?;
+    if n == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "proxy closed the connection"));
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+fn socket2_ref(s: &TcpStream) -> socket2::SockRef<'_> {
+    socket2::SockRef::from(s)
+}
+
+/// A handshake failure found by a parser, before the proxy's name is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Auth(String),
+    /// The proxy refused this target (`destination` = the target, not the
+    /// proxy, is at fault: unreachable host, refused port...).
+    Refused {
+        reason: String,
+        destination: bool,
+    },
+    Protocol(String),
+}
+
+impl Failure {
+    pub fn into_error(self, proxy: &str, target: &Target) -> ProxyError {
+        match self {
+            Failure::Auth(detail) => ProxyError::AuthFailed { proxy: proxy.into(), detail },
+            Failure::Refused { reason, destination } => ProxyError::Refused {
+                proxy: proxy.into(),
+                target: target.to_string(),
+                reason,
+                destination_error: destination,
+            },
+            Failure::Protocol(reason) => ProxyError::Protocol { proxy: proxy.into(), reason },
+        }
+    }
+}
