@@ -257,7 +257,8 @@ mod tests {
         let out = nsswitch_for_namespace(host);
         assert!(out.contains("passwd: files systemd\n"));
         assert!(out.contains("\nhosts: files dns\n"));
-        assert!(!out.contains("resolve"));
+        let hosts: Vec<&str> = out.lines().filter(|l| l.starts_with("hosts:")).collect();
+        assert_eq!(hosts, vec!["hosts: files dns"]);
         assert!(out.contains("networks: files\n"));
         assert!(nsswitch_for_namespace("").contains("hosts: files dns"));
     }
