@@ -1,0 +1,513 @@
+//! Root-only end-to-end test bed: real namespaces, veth links, real proxies
+//! (microsocks, dante, tinyproxy), real servers in an "origin" namespace that
+//! stands for the internet. Every name carries a per-run prefix; everything
+//! started is stopped by PID and every namespace and link is deleted on
+//! drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nsproxy");
+pub const TEST_USER: &str = "nsptest";
+pub const OTHER_USER: &str = "nsptest2";
+
+/// Root-only tests call this first. Not root: in CI that is a failure; on a
+/// developer machine the test is skipped, loudly.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: root-only test cannot run: CI must run the suite as root");
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: needs root (run the suite with sudo) !!!!!\n");
+    false
+}
+
+/// One test at a time per binary for the heavy end-to-end tests (the
+/// machine has 2 cores; parallel topologies only add noise).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short prefix for this run and this topology/account.
+pub fn unique(tag: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    format!("{tag}{}{}", std::process::id() % 100_000, n)
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
+}
+
+pub fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(o.status.success(), "command failed: {cmd}\nstdout: {}\nstderr: {}", out(&o), err(&o));
+    out(&o)
+}
+
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn ensure_user(name: &str) {
+    if sh(&format!("id -u {name}")).status.success() {
+        return;
+    }
+    must(&format!("useradd -M -s /bin/sh {name}"));
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process we started; killed by PID on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_in(ns: &str, name: &str, cmd: &str, log: &Path) -> Proc {
+    let logf = std::fs::File::create(log).expect("log file");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("log"))
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    Proc { name: name.into(), child }
+}
+
+fn wait_port(ns: &str, ip: Ipv4Addr, port: u16) {
+    wait_until(&format!("{ip}:{port} in {ns}"), Duration::from_secs(10), || {
+        sh(&format!("ip netns exec {ns} sh -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null")).status.success()
+            || sh(&format!("ip netns exec {ns} ss -ltnH 'sport = :{port}' | grep -q {ip}")).status.success()
+            || sh(&format!("ip netns exec {ns} ss -ltnH 'sport = :{port}' | grep -q '0.0.0.0'")).status.success()
+    });
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Microsocks,
+    Dante,
+    Tinyproxy,
+}
+
+pub struct ProxyInfo {
+    pub kind: Kind,
+    pub ns: String,
+    /// Where the daemon reaches it (host side).
+    pub listen: Ipv4Addr,
+    pub port: u16,
+    /// Its source address as seen by the origin.
+    pub egress: Ipv4Addr,
+    pub user: String,
+    pub pass: String,
+    pub proc: Option<Proc>,
+}
+
+impl ProxyInfo {
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Tinyproxy => format!("http://{}:{}", self.listen, self.port),
+            _ => format!("socks5://{}:{}", self.listen, self.port),
+        }
+    }
+}
+
+/// The test bed. Addresses: 10.B.(T*16 + L).x where B is per run and T per
+/// topology; L: 0 host-origin, 1.. host-proxyN, 8.. proxyN-origin.
+pub struct Topology {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub origin_ns: String,
+    /// The host's own address towards the origin: what a leak looks like.
+    pub host_addr: Ipv4Addr,
+    /// The origin's address on the host link.
+    pub origin_addr: Ipv4Addr,
+    pub host_link: String,
+    pub proxies: Vec<ProxyInfo>,
+    procs: Vec<Proc>,
+    namespaces: Vec<String>,
+    links: Vec<String>,
+    b: u8,
+    t: u8,
+}
+
+pub const HOSTNAME: &str = "api.exchange.test";
+
+impl Topology {
+    /// Origin namespace with its servers, and one namespace per proxy kind.
+    pub fn new(kinds: &[Kind]) -> Topology {
+        for tool in ["microsocks", "danted", "tinyproxy", "dnsmasq", "dig", "curl"] {
+            assert!(sh(&format!("command -v {tool}")).status.success(), "{tool} is not installed (see .ci/run)");
+        }
+        let prefix = unique("nt");
+        let b = 100 + (std::process::id() % 100) as u8;
+        let t = (SEQ.fetch_add(1, Ordering::SeqCst) % 15) as u8;
+        let dir = std::env::temp_dir().join(format!("nsproxy-test-{prefix}"));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        must(&format!("chmod 755 {}", dir.display()));
+        let mut topo = Topology {
+            origin_ns: format!("{prefix}-or"),
+            host_addr: Ipv4Addr::new(10, b, t * 16, 1),
+            origin_addr: Ipv4Addr::new(10, b, t * 16, 2),
+            host_link: format!("{prefix}h0"),
+            prefix,
+            dir,
+            proxies: Vec::new(),
+            procs: Vec::new(),
+            namespaces: Vec::new(),
+            links: Vec::new(),
+            b,
+            t,
+        };
+        topo.build_origin();
+        for (i, k) in kinds.iter().enumerate() {
+            topo.add_proxy(*k, i as u8 + 1);
+        }
+        topo
+    }
+
+    fn net(&self, l: u8, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.b, self.t * 16 + l, host)
+    }
+
+    fn build_origin(&mut self) {
+        let (p, o) = (self.prefix.clone(), self.origin_ns.clone());
+        must(&format!("ip netns add {o}"));
+        self.namespaces.push(o.clone());
+        must(&format!("ip link add {p}h0 type veth peer name eth0 netns {o}"));
+        self.links.push(format!("{p}h0"));
+        must(&format!("ip addr add {}/24 dev {p}h0 && ip link set {p}h0 up", self.host_addr));
+        must(&format!(
+            "ip -n {o} addr add {}/24 dev eth0 && ip -n {o} link set eth0 up && ip -n {o} link set lo up",
+            self.origin_addr
+        ));
+        // The origin's servers, on every address of the origin.
+        let py = "/usr/bin/python3";
+        let d = self.dir.display().to_string();
+        std::fs::write(self.dir.join("origin.py"), ORIGIN_PY).expect("write origin.py");
+        let log = self.dir.join("origin.log");
+        let srv = spawn_in(&o, "origin", &format!("{py} {d}/origin.py {d}/origin-clients.log"), &log);
+        self.procs.push(srv);
+        // dnsmasq with a query log: answers *.test, never forwards.
+        let dns_log = self.dir.join("dnsmasq.log");
+        let dm = spawn_in(
+            &o,
+            "dnsmasq",
+            &format!(
+                "dnsmasq --no-daemon --no-resolv --no-hosts --log-queries --log-facility={} --pid-file={d}/dnsmasq.pid --listen-address={} --bind-interfaces --address=/test/{}",
+                dns_log.display(),
+                self.origin_addr,
+                self.origin_addr
+            ),
+            &self.dir.join("dnsmasq.out"),
+        );
+        self.procs.push(dm);
+        for port in [80u16, 8081, 8082, 8443] {
+            wait_port(&o, self.origin_addr, port);
+        }
+    }
+
+    fn add_proxy(&mut self, kind: Kind, i: u8) {
+        let (p, o) = (self.prefix.clone(), self.origin_ns.clone());
+        let ns = format!("{p}-p{i}");
+        must(&format!("ip netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        let (listen, host_side) = (self.net(i, 2), self.net(i, 1));
+        let (egress, origin_side) = (self.net(8 + i, 1), self.net(8 + i, 2));
+        must(&format!("ip link add {p}h{i} type veth peer name eth0 netns {ns}"));
+        self.links.push(format!("{p}h{i}"));
+        must(&format!("ip addr add {host_side}/24 dev {p}h{i} && ip link set {p}h{i} up"));
+        must(&format!(
+            "ip -n {ns} addr add {listen}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
+        ));
+        must(&format!("ip -n {ns} link add eth1 type veth peer name eth{i} netns {o}"));
+        must(&format!("ip -n {ns} addr add {egress}/24 dev eth1 && ip -n {ns} link set eth1 up"));
+        must(&format!("ip -n {o} addr add {origin_side}/24 dev eth{i} && ip -n {o} link set eth{i} up"));
+        // The proxy resolves test names to the origin, via /etc/netns hosts.
+        let etc = PathBuf::from("/etc/netns").join(&ns);
+        std::fs::create_dir_all(&etc).expect("etc netns");
+        std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{origin_side} {HOSTNAME} ws.exchange.test\n"))
+            .expect("hosts");
+        let d = self.dir.display().to_string();
+        let (user, pass) = (format!("u{i}x"), format!("pw-{}-{i}", self.prefix));
+        let log = self.dir.join(format!("proxy{i}.log"));
+        let (port, proc) = match kind {
+            Kind::Microsocks => {
+                let c = format!("microsocks -i {listen} -p 1080 -b {egress} -u {user} -P {pass}");
+                (1080, spawn_in(&ns, "microsocks", &c, &log))
+            }
+            Kind::Dante => {
+                // dante authenticates against system accounts.
+                ensure_user(&user);
+                must(&format!("echo '{user}:{pass}' | chpasswd"));
+                let conf = format!(
+                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: {egress}\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n"
+                );
+                std::fs::write(self.dir.join(format!("danted{i}.conf")), conf).expect("dante conf");
+                (1080, spawn_in(&ns, "danted", &format!("danted -f {d}/danted{i}.conf"), &log))
+            }
+            Kind::Tinyproxy => {
+                let conf = format!(
+                    "Port 8888\nListen {listen}\nBind {egress}\nBasicAuth {user} {pass}\nMaxClients 1000\nLogLevel Info\n"
+                );
+                std::fs::write(self.dir.join(format!("tinyproxy{i}.conf")), conf).expect("tinyproxy conf");
+                (8888, spawn_in(&ns, "tinyproxy", &format!("tinyproxy -d -c {d}/tinyproxy{i}.conf"), &log))
+            }
+        };
+        wait_port(&ns, listen, port);
+        self.proxies.push(ProxyInfo { kind, ns, listen, port, egress, user, pass, proc: Some(proc) });
+    }
+
+    /// Client addresses the origin's servers have seen, one per connection.
+    pub fn origin_clients(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("origin-clients.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.to_string())
+            .collect()
+    }
+
+    /// Whether any connection reached the origin from the host's address.
+    pub fn leaked(&self) -> bool {
+        self.origin_clients().iter().any(|l| l.starts_with(&self.host_addr.to_string()))
+    }
+
+    /// Packets the host sent on its link to the origin (kernel counter).
+    pub fn host_tx_packets(&self) -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_packets", self.host_link))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn dns_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for p in self.proxies.iter_mut() {
+            if let Some(mut pr) = p.proc.take() {
+                pr.stop();
+            }
+        }
+        for p in self.procs.iter_mut() {
+            p.stop();
+        }
+        for l in &self.links {
+            let _ = sh(&format!("ip link del {l} 2>/dev/null"));
+        }
+        for ns in &self.namespaces {
+            let _ = sh(&format!("ip netns pids {ns} 2>/dev/null | xargs -r kill -9"));
+            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
+        }
+        if std::env::var_os("NSPROXY_KEEP_TEST_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// An nsproxy account for a test; `down --kill` on drop.
+pub struct Account {
+    pub name: String,
+    pub namespace: String,
+    pub policy: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Account {
+    /// Writes a policy for this account. `body` is the YAML of the account
+    /// after its name (indented 4 spaces); `{secrets}` expands to the dir.
+    pub fn new(tag: &str, body: &str) -> Account {
+        let name = unique(tag);
+        let dir = std::env::temp_dir().join(format!("nsproxy-acct-{name}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let policy = dir.join("policy.yaml");
+        let body = body.replace("{secrets}", &dir.display().to_string());
+        std::fs::write(&policy, format!("accounts:\n  - name: {name}\n{body}")).expect("policy");
+        Account { namespace: format!("nsp-{name}"), name, policy, dir }
+    }
+
+    /// An account using `proxy` (with its credentials in a 0600 file).
+    pub fn for_proxy(tag: &str, proxy: &ProxyInfo, extra: &str) -> Account {
+        let a = Account::new(
+            tag,
+            &format!(
+                "    exec:\n      users: [{TEST_USER}]\n    proxies:\n      - label: {}\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw\n{extra}",
+                match proxy.kind {
+                    Kind::Microsocks => "ms",
+                    Kind::Dante => "dante",
+                    Kind::Tinyproxy => "tiny",
+                },
+                proxy.url(),
+                proxy.user
+            ),
+        );
+        a.secret("pw", &proxy.pass);
+        a
+    }
+
+    pub fn secret(&self, file: &str, value: &str) {
+        let p = self.dir.join(file);
+        let mut f = std::fs::File::create(&p).expect("secret");
+        writeln!(f, "{value}").expect("write secret");
+        must(&format!("chmod 600 {}", p.display()));
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("--policies").arg(&self.policy).args(args).output().expect("run nsproxy")
+    }
+
+    pub fn up(&self) {
+        let o = self.cmd(&["up", &self.name]);
+        assert!(o.status.success(), "up {} failed: {}{}", self.name, out(&o), err(&o));
+    }
+
+    pub fn down(&self) -> Output {
+        self.cmd(&["down", &self.name, "--kill"])
+    }
+
+    /// Runs `script` with sh inside the account as the test user.
+    pub fn run(&self, script: &str) -> Output {
+        Command::new(BIN)
+            .arg("--policies")
+            .arg(&self.policy)
+            .args(["exec", &self.name, "--user", TEST_USER, "--", "sh", "-c", script])
+            .output()
+            .expect("run nsproxy exec")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("/run/nsproxy/{}/daemon.log", self.name)).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        std::fs::read_to_string(format!("/run/nsproxy/{}/stats.json", self.name))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(format!("/run/nsproxy/{}/daemon.pid", self.name)).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The origin: an HTTP server on 80 that answers with the client's address
+/// (and serves /bytes/N and accepts POST /sha256), a TLS twin on 8443, a
+/// WebSocket echo server on 8081 and a raw TCP echo on 8082. Every
+/// connection's client address is appended to the log named in argv[1].
+pub const ORIGIN_PY: &str = r#"
+import asyncio, hashlib, os, ssl, subprocess, sys, tempfile
+LOG = open(sys.argv[1], "a", buffering=1)
+def seen(w):
+    LOG.write(w.get_extra_info("peername")[0] + "\n")
+
+async def http(r, w):
+    seen(w)
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n")[0].decode()
+            method, path = line.split(" ")[0], line.split(" ")[1]
+            hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in head.decode().split("\r\n")[1:] if ":" in l)}
+            if method == "POST":
+                n = int(hdrs.get("content-length", "0")); h = hashlib.sha256(); left = n
+                while left:
+                    chunk = await r.read(min(left, 1 << 16))
+                    if not chunk: return
+                    h.update(chunk); left -= len(chunk)
+                body = h.hexdigest().encode()
+            elif path.startswith("/bytes/"):
+                n = int(path.split("/")[2]); seed = hashlib.sha256(str(n).encode()).digest()
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                block = (seed * 2048)[:65536]; left = n
+                while left:
+                    c = block[:min(left, len(block))]; w.write(c); left -= len(c); await w.drain()
+                continue
+            else:
+                body = (w.get_extra_info("peername")[0] + "\n").encode()
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await w.drain()
+    except Exception:
+        pass
+    finally:
+        w.close()
+
+async def echo(r, w):
+    seen(w)
+    try:
+        while True:
+            d = await r.read(65536)
+            if not d: break
+            w.write(d); await w.drain()
+        w.write_eof()
+    except Exception:
+        pass
+    finally:
+        w.close()
+
+async def main():
+    import websockets
+    async def ws(conn, *a):
+        LOG.write(conn.remote_address[0] + "\n")
+        async for m in conn:
+            await conn.send(m)
+    d = tempfile.mkdtemp()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=api.exchange.test",
+                    "-addext", "subjectAltName=DNS:api.exchange.test", "-keyout", d + "/k.pem", "-out", d + "/c.pem"],
+                   check=True, capture_output=True)
+    os.system("cp %s/c.pem %s" % (d, os.path.join(os.path.dirname(sys.argv[1]), "origin-ca.pem")))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH); ctx.load_cert_chain(d + "/c.pem", d + "/k.pem")
+    await asyncio.start_server(http, "0.0.0.0", 80, backlog=1024)
+    await asyncio.start_server(http, "0.0.0.0", 8443, ssl=ctx, backlog=1024)
+    await asyncio.start_server(echo, "0.0.0.0", 8082, backlog=1024)
+    await websockets.serve(ws, "0.0.0.0", 8081)
+    await asyncio.Future()
+asyncio.run(main())
+"#;

@@ -1,0 +1,237 @@
+//! Issue 1: namespace lifecycle and `exec`, as root with real namespaces.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn simple_account(tag: &str) -> Account {
+    ensure_user(TEST_USER);
+    Account::new(
+        tag,
+        &format!(
+            "    exec:\n      users: [{TEST_USER}]\n    proxies:\n      - label: dummy\n        url: socks5://127.0.0.1:9\n"
+        ),
+    )
+}
+
+fn ns_exists(ns: &str) -> bool {
+    out(&sh("ip netns list")).lines().any(|l| l.split_whitespace().next() == Some(ns))
+}
+
+fn nothing_left(a: &Account) {
+    assert!(!ns_exists(&a.namespace), "namespace {} left behind", a.namespace);
+    assert!(!std::path::Path::new(&format!("/run/nsproxy/{}", a.name)).exists(), "run dir of {} left behind", a.name);
+    assert!(!std::path::Path::new(&format!("/etc/netns/{}", a.namespace)).exists(), "/etc/netns of {} left", a.name);
+}
+
+#[test]
+fn namespace_has_only_lo_and_tun_and_its_own_resolver() {
+    if !root_or_skip("namespace_has_only_lo_and_tun_and_its_own_resolver") {
+        return;
+    }
+    let a = simple_account("lc");
+    a.up();
+    let ns = &a.namespace;
+    assert!(ns_exists(ns), "ip netns list does not show {ns}");
+    let links: Vec<String> = must(&format!("ip -n {ns} -o link show"))
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .collect();
+    assert_eq!(links, vec!["lo".to_string(), "tun0".to_string()], "links in the namespace");
+    let routes = must(&format!("ip -n {ns} route show default"));
+    assert_eq!(routes.trim(), "default dev tun0 proto static", "the only default route is the TUN");
+    let v6 = must(&format!("ip -n {ns} -6 route show default"));
+    assert!(v6.trim().is_empty(), "no IPv6 default route with ipv6: block, got {v6:?}");
+    let inside = a.run("cat /etc/resolv.conf");
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(out(&inside).contains("nameserver 198.18.0.2"), "resolv.conf inside: {}", out(&inside));
+    assert_ne!(out(&inside), host, "resolv.conf inside must differ from the host's");
+    let nss = a.run("grep '^hosts:' /etc/nsswitch.conf");
+    assert_eq!(out(&nss).trim(), "hosts: files dns");
+    // Second up: says so, exit 0, same daemon.
+    let pid = a.daemon_pid();
+    let o = a.cmd(&["up", &a.name]);
+    assert!(o.status.success() && out(&o).contains("already up"), "{}{}", out(&o), err(&o));
+    assert_eq!(a.daemon_pid(), pid);
+    // status --json
+    let st: serde_json::Value =
+        serde_json::from_str(&out(&a.cmd(&["status", &a.name, "--json"]))).expect("status json");
+    assert_eq!(st[0]["state"], "up", "{st}");
+    assert_eq!(st[0]["tun_present"], true);
+    assert!(a.down().status.success());
+    nothing_left(&a);
+    // down again: safe to repeat.
+    let again = a.down();
+    assert!(again.status.success(), "second down: {}", err(&again));
+}
+
+#[test]
+fn exec_drops_every_privilege() {
+    if !root_or_skip("exec_drops_every_privilege") {
+        return;
+    }
+    let a = simple_account("ex");
+    a.up();
+    let uid = must(&format!("id -u {TEST_USER}"));
+    let gid = must(&format!("id -g {TEST_USER}"));
+    let o = a.run(
+        "id -u; id -g; id -G; grep -E '^Cap(Eff|Prm|Bnd|Amb|Inh):' /proc/self/status; \
+         ip link add nspdummy0 type dummy 2>/dev/null && echo LINKADD-OK || echo LINKADD-DENIED; \
+         ls /run/systemd/resolve 2>/dev/null | wc -l; ls /proc/self/fd | wc -l; env | grep -c '^NSPROXY_' ; \
+         grep NoNewPrivs /proc/self/status",
+    );
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(o.status.success(), "{text}{}", err(&o));
+    assert_eq!(lines[0], uid.trim());
+    assert_eq!(lines[1], gid.trim());
+    assert_eq!(lines[2], gid.trim(), "supplementary groups are the user's own");
+    for l in &lines[3..8] {
+        assert!(l.ends_with("0000000000000000"), "capability set not empty: {l}");
+    }
+    assert_eq!(lines[8], "LINKADD-DENIED");
+    assert_eq!(lines[9], "0", "host resolver sockets must be hidden");
+    // 0,1,2 and the fd of ls itself reading /proc/self/fd.
+    assert_eq!(lines[10], "4", "only fds 0-2 are inherited");
+    assert_eq!(lines[11], "0", "no NSPROXY_ variable reaches the program");
+    assert!(lines[12].ends_with('1'), "no_new_privs set: {}", lines[12]);
+    // Exit code is the program's own.
+    assert_eq!(a.run("exit 42").status.code(), Some(42));
+}
+
+#[test]
+fn exec_errors_are_clear() {
+    if !root_or_skip("exec_errors_are_clear") {
+        return;
+    }
+    ensure_user(OTHER_USER);
+    let a = simple_account("ee");
+    let o = a.cmd(&["exec", &a.name, "--user", TEST_USER, "--", "true"]);
+    assert!(err(&o).contains(&format!("account {} is not up", a.name)), "{}", err(&o));
+    a.up();
+    let o = a.cmd(&["exec", &a.name, "--user", OTHER_USER, "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains(&format!("user {OTHER_USER} may not exec into account {}", a.name)), "{}", err(&o));
+    let o = a.cmd(&["exec", &a.name, "--user", TEST_USER, "--", "no-such-program-xyz"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(err(&o).contains("command not found: no-such-program-xyz"), "{}", err(&o));
+    let o = a.cmd(&["exec", &a.name, "--", "true"]);
+    assert!(err(&o).contains("no user to run as"), "{}", err(&o));
+    let o = a.cmd(&["exec", &a.name, "--user", "root", "--", "true"]);
+    assert!(err(&o).contains("refusing to run as root"), "{}", err(&o));
+    // A sudo caller cannot pick somebody else.
+    let o = std::process::Command::new(BIN)
+        .env("SUDO_UID", must(&format!("id -u {OTHER_USER}")).trim())
+        .arg("--policies")
+        .arg(&a.policy)
+        .args(["exec", &a.name, "--user", TEST_USER, "--", "true"])
+        .output()
+        .expect("exec");
+    assert!(err(&o).contains("may not run programs as"), "{}", err(&o));
+}
+
+#[test]
+fn down_refuses_while_programs_run_unless_kill() {
+    if !root_or_skip("down_refuses_while_programs_run_unless_kill") {
+        return;
+    }
+    let a = simple_account("dn");
+    a.up();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--policies")
+        .arg(&a.policy)
+        .args(["exec", &a.name, "--user", TEST_USER, "--", "sleep", "60"])
+        .spawn()
+        .expect("spawn");
+    wait_until("sleep in the namespace", Duration::from_secs(5), || {
+        !out(&sh(&format!("ip netns pids {}", a.namespace))).trim().is_empty()
+    });
+    let o = a.cmd(&["down", &a.name]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("still run in namespace") && err(&o).contains("--kill"), "{}", err(&o));
+    assert!(ns_exists(&a.namespace), "refused down must leave the account up");
+    let o = a.down();
+    assert!(o.status.success(), "{}", err(&o));
+    let st = child.wait().expect("wait");
+    assert!(!st.success(), "the program was killed");
+    nothing_left(&a);
+}
+
+#[test]
+fn killed_daemon_fails_closed_and_up_recovers() {
+    if !root_or_skip("killed_daemon_fails_closed_and_up_recovers") {
+        return;
+    }
+    let a = simple_account("kd");
+    a.up();
+    let pid = a.daemon_pid().expect("daemon pid");
+    must(&format!("kill -9 {pid}"));
+    wait_until("TUN to disappear", Duration::from_secs(5), || {
+        !out(&sh(&format!("ip -n {} -o link show", a.namespace))).contains("tun0")
+    });
+    let routes = must(&format!("ip -n {} route show", a.namespace));
+    assert!(routes.trim().is_empty(), "no route may remain once the daemon died: {routes}");
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&out(&a.cmd(&["status", &a.name, "--json"]))).expect("status json")
+    };
+    // The lock is released a moment after the TUN (both at process exit).
+    wait_until("daemon lock released", Duration::from_secs(5), || status()[0]["daemon_running"] == false);
+    assert_eq!(status()[0]["state"], "degraded");
+    // exec refuses while the daemon is down.
+    let o = a.run("true");
+    assert!(err(&o).contains("is not up"), "exec with a dead daemon: {}", err(&o));
+    a.up();
+    let links = must(&format!("ip -n {} -o link show", a.namespace));
+    assert!(links.contains("tun0"), "up recreated the TUN: {links}");
+    assert_ne!(a.daemon_pid(), Some(pid));
+    assert!(a.down().status.success());
+    nothing_left(&a);
+}
+
+#[test]
+fn ten_accounts_up_and_down_in_parallel_leave_nothing() {
+    if !root_or_skip("ten_accounts_up_and_down_in_parallel_leave_nothing") {
+        return;
+    }
+    let accounts: Vec<Account> = (0..10).map(|_| simple_account("pa")).collect();
+    for round in 0..3 {
+        std::thread::scope(|s| {
+            for a in &accounts {
+                s.spawn(move || a.up());
+            }
+        });
+        for a in &accounts {
+            assert!(ns_exists(&a.namespace), "round {round}: {} not up", a.name);
+        }
+        std::thread::scope(|s| {
+            for a in &accounts {
+                s.spawn(move || {
+                    let o = a.down();
+                    assert!(o.status.success(), "down {}: {}", a.name, err(&o));
+                });
+            }
+        });
+        for a in &accounts {
+            nothing_left(a);
+        }
+    }
+}
+
+#[test]
+fn up_reports_the_daemons_real_error() {
+    if !root_or_skip("up_reports_the_daemons_real_error") {
+        return;
+    }
+    let a = Account::new(
+        "er",
+        "    proxies:\n      - label: p\n        url: socks5://127.0.0.1:9\n        username: u\n        password_env: NSPROXY_TEST_UNSET_VAR\n",
+    );
+    let o = a.cmd(&["up", &a.name]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("environment variable NSPROXY_TEST_UNSET_VAR (password_env) is not set"),
+        "up must print the daemon's error: {}",
+        err(&o)
+    );
+    assert!(!ns_exists(&a.namespace), "a failed up rolls back");
+}

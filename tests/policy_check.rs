@@ -1,0 +1,72 @@
+//! `nsproxy policy check` on the shipped examples and on bad fixtures (no
+//! root needed). Each bad fixture has a `.expected` file: every line of it
+//! must appear in the output, and the exit code must be non-zero.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nsproxy");
+
+fn check(path: &Path) -> (bool, String) {
+    let o = Command::new(BIN)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["policy", "check"])
+        .arg(path)
+        .output()
+        .expect("run nsproxy");
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
+    // Password files of the examples do not exist here; check parsing and
+    // validation through the library, and the CLI for the whole directory.
+    let accounts = nsproxy::config::load(&dir).unwrap_or_else(|p| panic!("examples invalid:\n{p}"));
+    let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, vec!["account-a", "account-b", "account-c"]);
+    let (ok, text) = check(&dir);
+    // Only the (absent) password files may be reported.
+    assert!(!ok);
+    for line in text.lines().filter(|l| !l.ends_with("problem(s) found")) {
+        assert!(line.contains("password_file") && line.contains("does not exist"), "unexpected problem: {line}");
+    }
+}
+
+#[test]
+fn bad_fixtures_report_the_expected_problems() {
+    let dir = Path::new("tests/fixtures/bad");
+    let mut n = 0;
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("fixtures") {
+        let path = e.expect("entry").path();
+        if path.extension().and_then(|x| x.to_str()) != Some("yaml") {
+            continue;
+        }
+        let rel = dir.join(path.file_name().expect("name"));
+        let expected = std::fs::read_to_string(path.with_extension("expected")).expect("every fixture has .expected");
+        let (ok, text) = check(&rel);
+        assert!(!ok, "{}: policy check must fail, printed:\n{text}", rel.display());
+        for want in expected.lines().filter(|l| !l.is_empty()) {
+            assert!(text.contains(want), "{}: missing {want:?} in:\n{text}", rel.display());
+        }
+        assert!(!text.contains("hunter2"), "a secret reached the output: {text}");
+        n += 1;
+    }
+    assert!(n >= 7, "fixtures found: {n}");
+}
+
+#[test]
+fn good_policy_passes_with_zero_exit() {
+    let dir = std::env::temp_dir().join(format!("nsproxy-pc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join("ok.yaml");
+    std::fs::write(
+        &p,
+        "accounts:\n  - name: ok\n    proxies:\n      - label: p\n        url: socks5://127.0.0.1:1080\n",
+    )
+    .expect("write");
+    let (ok, text) = check(&p);
+    assert!(ok, "{text}");
+    assert!(text.contains("OK: 1 account(s) in 1 file(s): ok"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
