@@ -60,6 +60,20 @@ pub fn up(policy: &Path, account: &str, foreground: bool) -> anyhow::Result<()> 
     require_root("up")?;
     let a = config::load_account(policy, account)?;
     let rd = RunDir::new(account);
+    if rd.daemon_alive() && !(netns::exists(&a.namespace) && link::tun_present(&a.namespace)) {
+        // A daemon without its TUN is on its way out (or broken): give it
+        // a moment to exit, then start afresh.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rd.daemon_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if rd.daemon_alive() {
+            bail!(
+                "account {account}: daemon pid {} is running but has no TUN; stop it with `nsproxy down {account}`",
+                rd.read_pid().unwrap_or(0)
+            );
+        }
+    }
     if rd.daemon_alive() {
         println!(
             "account {account} is already up (namespace {}, daemon pid {})",

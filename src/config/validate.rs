@@ -457,7 +457,7 @@ fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
 fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Limits> {
     let defaults = Limits {
         max_flows: 4096,
-        max_half_open: 256,
+        max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
         socket_buffer: 1 << 20,
     };

@@ -40,7 +40,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<usize>, Failure> {
     let reason = resp.reason.unwrap_or("").chars().take(80).collect::<String>();
     match code {
         200..=299 => Ok(Some(used)),
-        407 => Err(Failure::Auth(format!(" (HTTP 407 {reason})"))),
+        // 407 is the standard answer; some proxies (tinyproxy) send 401.
+        401 | 407 => Err(Failure::Auth(format!(" (HTTP {code} {reason})"))),
         // 502/504: the proxy could not reach the destination.
         502 | 504 => Err(Failure::Refused { reason: format!("HTTP {code} {reason}"), destination: true }),
         _ => Err(Failure::Refused { reason: format!("HTTP {code} {reason}"), destination: false }),
@@ -70,6 +71,7 @@ mod tests {
     #[test]
     fn error_statuses() {
         assert!(matches!(parse_response(b"HTTP/1.1 407 Proxy Auth\r\n\r\n"), Err(Failure::Auth(_))));
+        assert!(matches!(parse_response(b"HTTP/1.0 401 Unauthorized\r\n\r\n"), Err(Failure::Auth(_))));
         assert!(matches!(
             parse_response(b"HTTP/1.1 403 Forbidden\r\n\r\n"),
             Err(Failure::Refused { destination: false, .. })

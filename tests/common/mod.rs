@@ -134,6 +134,8 @@ pub struct ProxyInfo {
     pub port: u16,
     /// Its source address as seen by the origin.
     pub egress: Ipv4Addr,
+    /// The origin's address as this proxy reaches it.
+    pub origin_ip: Ipv4Addr,
     pub user: String,
     pub pass: String,
     pub proc: Option<Proc>,
@@ -212,6 +214,8 @@ impl Topology {
         self.namespaces.push(o.clone());
         must(&format!("ip link add {p}h0 type veth peer name eth0 netns {o}"));
         self.links.push(format!("{p}h0"));
+        // No IPv6 chatter on the host link: its packet counter is a leak detector.
+        let _ = sh(&format!("sysctl -qw net.ipv6.conf.{p}h0.disable_ipv6=1"));
         must(&format!("ip addr add {}/24 dev {p}h0 && ip link set {p}h0 up", self.host_addr));
         must(&format!(
             "ip -n {o} addr add {}/24 dev eth0 && ip -n {o} link set eth0 up && ip -n {o} link set lo up",
@@ -291,7 +295,17 @@ impl Topology {
             }
         };
         wait_port(&ns, listen, port);
-        self.proxies.push(ProxyInfo { kind, ns, listen, port, egress, user, pass, proc: Some(proc) });
+        self.proxies.push(ProxyInfo {
+            kind,
+            ns,
+            listen,
+            port,
+            egress,
+            origin_ip: origin_side,
+            user,
+            pass,
+            proc: Some(proc),
+        });
     }
 
     /// Client addresses the origin's servers have seen, one per connection.
@@ -314,6 +328,12 @@ impl Topology {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Connections the origin saw from the host's own address.
+    pub fn host_hits(&self) -> usize {
+        let h = self.host_addr.to_string();
+        self.origin_clients().iter().filter(|l| **l == h).count()
     }
 
     pub fn dns_log(&self) -> String {
@@ -415,6 +435,15 @@ impl Account {
             .expect("run nsproxy exec")
     }
 
+    /// Runs a Python script (as a file, so quoting is no issue) inside.
+    pub fn python(&self, script: &str, args: &str) -> Output {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let path = self.dir.join(format!("script{n}.py"));
+        std::fs::write(&path, script).expect("script");
+        must(&format!("chmod 755 {} && chmod 644 {}", self.dir.display(), path.display()));
+        self.run(&format!("/usr/bin/python3 {} {args}", path.display()))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(format!("/run/nsproxy/{}/daemon.log", self.name)).unwrap_or_default()
     }
@@ -474,6 +503,8 @@ async def http(r, w):
                 body = (w.get_extra_info("peername")[0] + "\n").encode()
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             await w.drain()
+            if hdrs.get("connection", "").lower() == "close":
+                break
     except Exception:
         pass
     finally:
