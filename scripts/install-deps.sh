@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what nsproxy's build, demo and test suite need on Debian/Ubuntu.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
+      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  # Debian's packages start their own services where an init system runs;
+  # the tests start their own instances in namespaces and never use those.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "installing the Rust toolchain with rustup (needs internet)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  fi
+fi
+[ -e /dev/net/tun ] || { modprobe tun 2>/dev/null || true; }
+[ -e /dev/net/tun ] || { echo "error: /dev/net/tun is missing (load the tun kernel module)"; exit 1; }

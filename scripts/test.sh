@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the root-only
+# end-to-end tests (real namespaces, TUN devices and proxies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(id -u)" != 0 ]; then
+  echo "!!! not root: the end-to-end tests will be SKIPPED; run: sudo $0" >&2
+else
+  ./scripts/install-deps.sh
+fi
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
