@@ -204,3 +204,142 @@ impl Shared {
         self.stack.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stack driven through an in-memory device: segments built with
+    //! `smoltcp::wire`, time from the stack's own monotonic clock.
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+    impl Sink for Capture {
+        fn send(&mut self, pkt: &[u8]) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pkt.to_vec());
+        }
+    }
+    impl Capture {
+        fn take(&self) -> Vec<Vec<u8>> {
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000);
+    const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 443);
+
+    fn seg(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: CLIENT.port(),
+            dst_port: SERVER.port(),
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: *CLIENT.ip(),
+            dst_addr: *SERVER.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut p, &caps);
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        tcp.emit(&mut t, &(*CLIENT.ip()).into(), &(*SERVER.ip()).into(), &caps);
+        buf
+    }
+
+    /// (rst, syn, ack, seq, ack_number, payload) of an emitted segment.
+    fn parse(pkt: &[u8]) -> (bool, bool, bool, u32, u32, Vec<u8>) {
+        let ip = Ipv4Packet::new_checked(pkt).expect("ipv4");
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (*SERVER.ip(), *CLIENT.ip()), "reply addresses");
+        let t = TcpPacket::new_checked(ip.payload()).expect("tcp");
+        assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        (t.rst(), t.syn(), t.ack(), t.seq_number().0 as u32, t.ack_number().0 as u32, t.payload().to_vec())
+    }
+
+    fn key() -> FlowKey {
+        (SocketAddr::V4(CLIENT), SocketAddr::V4(SERVER))
+    }
+
+    fn stack() -> (Stack, Capture) {
+        let cap = Capture::default();
+        (Stack::new(Box::new(cap.clone()), 65000, 64 * 1024), cap)
+    }
+
+    #[test]
+    fn refused_flow_gets_a_reset_and_leaves_nothing() {
+        let (mut st, cap) = stack();
+        st.begin(key());
+        assert_eq!(st.flow(&key()), Some(Flow::Pending));
+        assert_eq!(st.counts(), (0, 1));
+        st.refuse(key(), seg(TcpControl::Syn, 1000, None, b""));
+        st.poll();
+        let out = cap.take();
+        assert_eq!(out.len(), 1, "one RST");
+        let (rst, _, ack, _, ackn, _) = parse(&out[0]);
+        assert!(rst && ack);
+        assert_eq!(ackn, 1001, "the RST acknowledges the SYN, so the client takes it");
+        assert_eq!(st.counts(), (0, 0));
+        assert_eq!(st.flow(&key()), None);
+    }
+
+    #[test]
+    fn accepted_flow_carries_data_both_ways_and_is_reaped() {
+        let (mut st, cap) = stack();
+        st.begin(key());
+        let h = st.accept(key(), seg(TcpControl::Syn, 1000, None, b"")).expect("listener");
+        st.poll();
+        let out = cap.take();
+        let (rst, syn, ack, isn, ackn, _) = parse(&out[0]);
+        assert!(syn && ack && !rst, "SYN-ACK only after accept");
+        assert_eq!(ackn, 1001);
+        assert_eq!(st.counts(), (1, 0));
+        // Client completes the handshake and sends data.
+        st.dev.push(seg(TcpControl::None, 1001, Some(isn + 1), b""));
+        st.dev.push(seg(TcpControl::Psh, 1001, Some(isn + 1), b"hello"));
+        st.poll();
+        let s = st.socket(h);
+        assert_eq!(s.state(), tcp::State::Established);
+        let mut buf = [0u8; 16];
+        let n = s.recv_slice(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"hello");
+        assert!(!s.nagle_enabled(), "Nagle is off");
+        s.send_slice(b"world").expect("send");
+        cap.take();
+        st.poll();
+        let data: Vec<Vec<u8>> = cap.take().iter().map(|p| parse(p).5).filter(|p| !p.is_empty()).collect();
+        assert_eq!(data, vec![b"world".to_vec()]);
+        // A retransmitted SYN for an open flow is no new flow.
+        assert_eq!(st.flow(&key()), Some(Flow::Open(h)));
+        // Client resets; the detached socket is reaped.
+        st.dev.push(seg(TcpControl::Rst, 1006, None, b""));
+        st.poll();
+        assert_eq!(st.socket(h).state(), tcp::State::Closed);
+        assert_eq!(st.reap(), 0, "not reaped while the adapter holds it");
+        st.detach(h, false);
+        assert_eq!(st.reap(), 1);
+        assert_eq!(st.counts(), (0, 0));
+        assert_eq!(st.flow(&key()), None);
+    }
+
+    #[test]
+    fn idle_stack_asks_for_no_wakeup() {
+        let (mut st, _cap) = stack();
+        st.poll();
+        assert_eq!(st.delay(), None, "an idle stack must not spin");
+    }
+}
