@@ -347,3 +347,45 @@ fn thousand_sequential_and_five_hundred_parallel_connections() {
     wait_until("every flow reaped", Duration::from_secs(15), || a.stats()["flows_active"] == 0);
     assert_eq!(a.stats()["flows_opened"], 1500);
 }
+
+#[test]
+fn dns_mode_tcp_forwards_through_the_proxy_and_caches() {
+    if !root_or_skip("dns_mode_tcp_forwards_through_the_proxy_and_caches") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks]);
+    let px = &topo.proxies[0];
+    // Positive control: the host's own query shows in the resolver's log.
+    let o = sh(&format!("dig +short +time=2 +tries=1 @{} control.test", topo.origin_addr));
+    assert_eq!(out(&o).trim(), topo.origin_addr.to_string());
+    wait_until("control query logged", Duration::from_secs(5), || topo.dns_log().contains("control.test"));
+    let host_queries = topo.dns_log().matches(&format!("from {}", topo.host_addr)).count();
+    let a = Account::for_proxy("dt", px, &format!("    dns:\n      mode: tcp\n      resolver: {}\n", topo.origin_addr));
+    a.up();
+    let o = a.run(&format!(
+        "dig +short +time=3 +tries=1 {HOSTNAME}; dig +short +tcp +time=3 +tries=1 {HOSTNAME}; \
+         dig +short +time=3 +tries=1 @10.99.99.99 other.exchange.test; getent hosts {HOSTNAME}"
+    ));
+    let lines: Vec<String> = out(&o).lines().map(|l| l.to_string()).collect();
+    let real = topo.origin_addr.to_string();
+    assert_eq!(lines.len(), 4, "{}{}", out(&o), err(&o));
+    assert_eq!(lines[0], real, "real addresses in tcp mode");
+    assert_eq!(lines[1], real);
+    assert_eq!(lines[2], real, "a query to any server goes to the policy's resolver");
+    assert!(lines[3].starts_with(&real) && lines[3].ends_with(HOSTNAME), "{}", lines[3]);
+    // Connections to the real address go through the proxy.
+    let o = curl(&a, &topo, &format!("http://{HOSTNAME}/"));
+    assert_eq!(out(&o).trim(), px.egress.to_string(), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = topo.dns_log();
+    let a_queries = log.lines().filter(|l| l.contains(&format!("query[A] {HOSTNAME} from"))).collect::<Vec<_>>();
+    assert_eq!(a_queries.len(), 1, "the second and later lookups come from the cache: {a_queries:?}");
+    assert!(a_queries[0].ends_with(&format!("from {}", px.egress)), "the resolver sees the proxy: {a_queries:?}");
+    assert_eq!(
+        log.matches(&format!("from {}", topo.host_addr)).count(),
+        host_queries,
+        "a query came from the host: {log}"
+    );
+}

@@ -442,10 +442,6 @@ fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
             ctx.problem(&p, "dns mode tcp needs a resolver (e.g. resolver: 9.9.9.9:53)");
             None
         }
-        DnsMode::Tcp => {
-            ctx.problem(&p.key("mode"), "dns mode tcp is not supported yet; use fake-ip");
-            None
-        }
         DnsMode::FakeIp if dm.contains_key("resolver") => {
             ctx.problem(&p.key("resolver"), "resolver is only used with mode: tcp");
             None

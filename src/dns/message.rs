@@ -167,3 +167,87 @@ mod tests {
         assert_eq!((e[0], e[1], e[3] & 0xf), (0, 7, RCODE_FORMERR));
     }
 }
+
+/// Skips a (possibly compressed) name starting at `pos`; returns the
+/// position after it.
+fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+    for _ in 0..128 {
+        let len = *msg.get(pos)? as usize;
+        match len & 0xc0 {
+            0x00 if len == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + len,
+            0xc0 => return msg.get(pos + 1).map(|_| pos + 2),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The records of a message after its question: (type, ttl offset, end).
+fn records(msg: &[u8]) -> Option<Vec<(u16, usize)>> {
+    if msg.len() < 12 {
+        return None;
+    }
+    let count = |i: usize| u16::from_be_bytes([msg[i], msg[i + 1]]) as usize;
+    let (qd, rr) = (count(4), count(6) + count(8) + count(10));
+    let mut pos = 12;
+    for _ in 0..qd {
+        pos = skip_name(msg, pos)? + 4;
+    }
+    let mut out = Vec::with_capacity(rr);
+    for _ in 0..rr {
+        pos = skip_name(msg, pos)?;
+        let fixed = msg.get(pos..pos + 10)?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+        out.push((rtype, pos + 4));
+        pos += 10 + rdlen;
+        if pos > msg.len() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// The smallest TTL of a response's records (OPT excluded), for caching.
+/// `None` for a malformed message.
+pub fn min_ttl(msg: &[u8]) -> Option<u32> {
+    let recs = records(msg)?;
+    Some(
+        recs.iter()
+            .filter(|(t, _)| *t != 41)
+            .map(|(_, off)| u32::from_be_bytes([msg[*off], msg[off + 1], msg[off + 2], msg[off + 3]]))
+            .min()
+            .unwrap_or(0),
+    )
+}
+
+/// The UDP payload size the client accepts: its EDNS OPT size, else 512.
+pub fn udp_limit(query: &[u8]) -> usize {
+    let Some(recs) = records(query) else { return 512 };
+    recs.iter()
+        .find(|(t, _)| *t == 41)
+        .map(|(_, off)| u16::from_be_bytes([query[off - 2], query[off - 1]]) as usize)
+        .unwrap_or(512)
+        .clamp(512, 65535)
+}
+
+/// `msg` with its id replaced.
+pub fn with_id(msg: &[u8], id: u16) -> Vec<u8> {
+    let mut v = msg.to_vec();
+    if v.len() >= 2 {
+        v[..2].copy_from_slice(&id.to_be_bytes());
+    }
+    v
+}
+
+/// A response that fits `limit` bytes over UDP: as is, or header and
+/// question only with TC set (the client retries over TCP).
+pub fn fit_udp(resp: &[u8], q: &Query, limit: usize) -> Vec<u8> {
+    if resp.len() <= limit {
+        return resp.to_vec();
+    }
+    let mut v = response(q, resp.get(3).map(|b| b & 0xf).unwrap_or(RCODE_SERVFAIL), &[], 0);
+    v[2] |= 0x02; // TC
+    v
+}

@@ -1,6 +1,7 @@
 //! DNS answered by nsproxy itself: message parsing and building (no I/O)
 //! and the fake-IP table.
 
+pub mod cache;
 pub mod fakeip;
 pub mod message;
 
@@ -11,6 +12,17 @@ use message::*;
 
 /// TTL of fake-IP answers: short, though the mapping itself is stable.
 pub const FAKE_TTL: u32 = 60;
+
+/// The query in `msg`, or what to answer instead: FORMERR for a malformed
+/// query, NOTIMP for another opcode, nothing for a response or a runt.
+pub fn query_or_error(msg: &[u8]) -> Result<Query, Option<Vec<u8>>> {
+    match parse_query(msg) {
+        Ok(q) => Ok(q),
+        Err(ParseError::Short) | Err(ParseError::NotQuery { flags: 0x8000.., .. }) => Err(None),
+        Err(ParseError::NotQuery { id, flags }) => Err(Some(error_response(id, flags, RCODE_NOTIMP))),
+        Err(ParseError::Malformed { id, flags, .. }) => Err(Some(error_response(id, flags, RCODE_FORMERR))),
+    }
+}
 
 /// The answer to one query in fake-ip mode, and the table entry it created.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,15 +35,9 @@ pub struct Answer {
 /// type an empty NOERROR (so AAAA makes programs use IPv4). `None`: no
 /// answer possible (too short, or not a query).
 pub fn answer_fake_ip(table: &mut FakeIpTable, msg: &[u8]) -> Option<Answer> {
-    let q = match parse_query(msg) {
+    let q = match query_or_error(msg) {
         Ok(q) => q,
-        Err(ParseError::Short) | Err(ParseError::NotQuery { flags: 0x8000.., .. }) => return None,
-        Err(ParseError::NotQuery { id, flags }) => {
-            return Some(Answer { reply: error_response(id, flags, RCODE_NOTIMP), new_entry: None });
-        }
-        Err(ParseError::Malformed { id, flags, .. }) => {
-            return Some(Answer { reply: error_response(id, flags, RCODE_FORMERR), new_entry: None });
-        }
+        Err(reply) => return reply.map(|reply| Answer { reply, new_entry: None }),
     };
     if q.qclass != CLASS_IN {
         return Some(Answer { reply: response(&q, RCODE_REFUSED, &[], 0), new_entry: None });
@@ -68,5 +74,34 @@ mod tests {
         let mut bad = build_query(5, "x.test", TYPE_A);
         bad.truncate(15);
         assert_eq!(answer_fake_ip(&mut t, &bad).unwrap().reply[3] & 0xf, RCODE_FORMERR);
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::message::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn ttl_limits_and_truncation() {
+        let mut qb = build_query(9, "big.test", TYPE_A);
+        let q = parse_query(&qb).unwrap();
+        assert_eq!(udp_limit(&qb), 1232, "EDNS size from the OPT record");
+        qb.truncate(qb.len() - 11);
+        qb[11] = 0;
+        assert_eq!(udp_limit(&qb), 512, "no OPT: 512");
+        let ips: Vec<Ipv4Addr> = (0..60).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        let mut r = response(&q, RCODE_NOERROR, &ips, 300);
+        // Lower one TTL: the minimum wins.
+        let last_ttl = r.len() - 10;
+        r[last_ttl..last_ttl + 4].copy_from_slice(&30u32.to_be_bytes());
+        assert_eq!(min_ttl(&r), Some(30));
+        let small = fit_udp(&r, &q, 512);
+        assert!(small.len() <= 512);
+        assert_eq!(small[2] & 0x02, 0x02, "TC set");
+        assert_eq!(&small[6..8], &[0, 0]);
+        assert_eq!(fit_udp(&r, &q, 4096), r);
+        assert_eq!(&with_id(&r, 0x1234)[..2], &[0x12, 0x34]);
+        assert_eq!(min_ttl(&r[..r.len() - 3]), None, "truncated record");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod device;
+pub mod forward;
 pub mod packet;
 pub mod relay;
 pub mod stack;
@@ -22,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::config::{Account, is_fake_ip};
+use crate::config::{Account, DnsMode, is_fake_ip};
 use crate::dns::fakeip::FakeIpTable;
 use crate::proxy::{Connected, Target, Upstream};
 use crate::rundir::RunDir;
@@ -77,6 +78,33 @@ impl FakeDns {
     }
 }
 
+/// Who answers the program's DNS queries.
+enum DnsServer {
+    FakeIp(Mutex<FakeDns>),
+    Forward(forward::Forwarder),
+}
+
+impl DnsServer {
+    /// The fake-IP table, when in fake-ip mode.
+    fn fake(&self) -> Option<std::sync::MutexGuard<'_, FakeDns>> {
+        match self {
+            DnsServer::FakeIp(m) => Some(m.lock().unwrap_or_else(|e| e.into_inner())),
+            DnsServer::Forward(_) => None,
+        }
+    }
+
+    /// The answer to a DNS message (None: nothing to answer).
+    async fn answer(&self, msg: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            DnsServer::FakeIp(m) => m.lock().unwrap_or_else(|e| e.into_inner()).answer(msg),
+            DnsServer::Forward(f) => match crate::dns::query_or_error(msg) {
+                Ok(q) => Some(f.resolve(q, msg).await),
+                Err(reply) => reply,
+            },
+        }
+    }
+}
+
 struct Ctx {
     account: String,
     upstream: Upstream,
@@ -85,7 +113,8 @@ struct Ctx {
     max_half_open: usize,
     stats: Arc<Stats>,
     shared: Arc<Shared>,
-    dns: Mutex<FakeDns>,
+    dns: DnsServer,
+    tun: TunRef,
 }
 
 enum Event {
@@ -119,6 +148,7 @@ pub async fn run(
         Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), mtu, account.limits.socket_buffer as usize);
     let shared = Arc::new(Shared::new(stack));
     let stats = Arc::new(Stats::default());
+    let upstream_for_dns = upstream.clone();
     let ctx = Arc::new(Ctx {
         account: name.clone(),
         upstream,
@@ -127,7 +157,14 @@ pub async fn run(
         max_half_open: account.limits.max_half_open as usize,
         stats: stats.clone(),
         shared: shared.clone(),
-        dns: Mutex::new(FakeDns::open(&rundir, &name)),
+        dns: match (account.dns.mode, account.dns.resolver) {
+            (DnsMode::Tcp, Some(resolver)) => {
+                tracing::info!(account = %name, resolver = %resolver, "DNS: forwarded over TCP through the proxy");
+                DnsServer::Forward(forward::Forwarder::start(name.clone(), upstream_for_dns, resolver))
+            }
+            _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&rundir, &name))),
+        },
+        tun: tun.clone(),
     });
     let publisher = tokio::spawn(publish_stats(ctx.clone(), rundir.clone()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -189,11 +226,21 @@ fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt:
         }
         Class::Dns { src, dst, payload } => {
             ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let reply = ctx.dns.lock().unwrap_or_else(|e| e.into_inner()).answer(payload);
-            if let Some(r) = reply {
-                let out = packet::udp_v4(dst, src, &r);
-                let _ = nix::unistd::write(tun.as_fd(), &out);
+            if let Some(mut fake) = ctx.dns.fake() {
+                if let Some(r) = fake.answer(payload) {
+                    let _ = nix::unistd::write(tun.as_fd(), &packet::udp_v4(dst, src, &r));
+                }
+                return;
             }
+            let (ctx, query) = (ctx.clone(), payload.to_vec());
+            tokio::spawn(async move {
+                let Some(r) = ctx.dns.answer(&query).await else { return };
+                let r = match crate::dns::message::parse_query(&query) {
+                    Ok(q) => crate::dns::message::fit_udp(&r, &q, crate::dns::message::udp_limit(&query)),
+                    Err(_) => r,
+                };
+                let _ = nix::unistd::write(ctx.tun.as_fd(), &packet::udp_v4(dst, src, &r));
+            });
         }
         Class::Drop(reason) => {
             ctx.stats.packets_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -229,20 +276,18 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
         }
         return;
     }
-    let target = match dst.ip() {
-        IpAddr::V4(v4) if is_fake_ip(dst.ip()) => {
-            let dns = ctx.dns.lock().unwrap_or_else(|e| e.into_inner());
-            match dns.table.lookup(v4) {
-                Some(n) => Target::Name(n.to_string(), dst.port()),
-                None => {
-                    drop(dns);
-                    ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
-                    tracing::warn!(account = %ctx.account, dst = %dst, "flow refused: fake IP with no name (stale DNS answer?)");
-                    st.refuse(key, pkt.to_vec());
-                    return;
-                }
+    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
+    let target = match (dst.ip(), fake) {
+        (IpAddr::V4(v4), Some(dns)) => match dns.table.lookup(v4) {
+            Some(n) => Target::Name(n.to_string(), dst.port()),
+            None => {
+                drop(dns);
+                ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
+                tracing::warn!(account = %ctx.account, dst = %dst, "flow refused: fake IP with no name (stale DNS answer?)");
+                st.refuse(key, pkt.to_vec());
+                return;
             }
-        }
+        },
         _ => Target::Ip(dst),
     };
     st.begin(key);
@@ -297,8 +342,7 @@ async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
             break;
         }
         ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reply = ctx.dns.lock().unwrap_or_else(|e| e.into_inner()).answer(&msg[..n]);
-        let Some(r) = reply else { break };
+        let Some(r) = ctx.dns.answer(&msg[..n]).await else { break };
         let mut out = (r.len() as u16).to_be_bytes().to_vec();
         out.extend_from_slice(&r);
         if s.write_all(&out).await.is_err() {

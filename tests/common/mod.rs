@@ -234,9 +234,8 @@ impl Topology {
             &o,
             "dnsmasq",
             &format!(
-                "dnsmasq --no-daemon --no-resolv --no-hosts --log-queries --log-facility={} --pid-file={d}/dnsmasq.pid --listen-address={} --bind-interfaces --address=/test/{}",
+                "dnsmasq --no-daemon --no-resolv --no-hosts --log-queries --log-facility={} --pid-file={d}/dnsmasq.pid --local-ttl=60 --address=/test/{}",
                 dns_log.display(),
-                self.origin_addr,
                 self.origin_addr
             ),
             &self.dir.join("dnsmasq.out"),
@@ -263,6 +262,8 @@ impl Topology {
         must(&format!("ip -n {ns} link add eth1 type veth peer name eth{i} netns {o}"));
         must(&format!("ip -n {ns} addr add {egress}/24 dev eth1 && ip -n {ns} link set eth1 up"));
         must(&format!("ip -n {o} addr add {origin_side}/24 dev eth{i} && ip -n {o} link set eth{i} up"));
+        // The origin's main address (its resolver) is reachable from the proxy too.
+        must(&format!("ip -n {ns} route add {}/32 via {origin_side}", self.origin_addr));
         // The proxy resolves test names to the origin, via /etc/netns hosts.
         let etc = PathBuf::from("/etc/netns").join(&ns);
         std::fs::create_dir_all(&etc).expect("etc netns");
