@@ -129,45 +129,6 @@ pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::Ipv4Addr;
-
-    #[test]
-    fn parses_and_answers() {
-        let q = parse_query(&build_query(0xbeef, "API.Exchange.test", TYPE_A)).unwrap();
-        assert_eq!((q.id, q.name.as_str(), q.qtype), (0xbeef, "api.exchange.test", TYPE_A));
-        let r = response(&q, RCODE_NOERROR, &[Ipv4Addr::new(198, 18, 1, 0)], 60);
-        assert_eq!(&r[0..2], &[0xbe, 0xef]);
-        assert_eq!(r[2] & 0x80, 0x80, "QR set");
-        assert_eq!(r[2] & 0x01, 0x01, "RD copied");
-        assert_eq!(&r[6..8], &[0, 1], "one answer");
-        assert_eq!(&r[r.len() - 4..], &[198, 18, 1, 0]);
-        let empty = response(&q, RCODE_NOERROR, &[], 60);
-        assert_eq!(&empty[6..8], &[0, 0]);
-    }
-
-    #[test]
-    fn rejects_malformed() {
-        assert_eq!(parse_query(&[0; 5]), Err(ParseError::Short));
-        let mut resp = build_query(1, "a.test", TYPE_A);
-        resp[2] |= 0x80;
-        assert!(matches!(parse_query(&resp), Err(ParseError::NotQuery { .. })));
-        let mut trunc = build_query(1, "a.test", TYPE_A);
-        trunc.truncate(16);
-        assert!(matches!(parse_query(&trunc), Err(ParseError::Malformed { .. })));
-        let mut ptr = build_query(1, "a.test", TYPE_A);
-        ptr[12] = 0xc0;
-        assert!(matches!(parse_query(&ptr), Err(ParseError::Malformed { .. })));
-        let mut two = build_query(1, "a.test", TYPE_A);
-        two[5] = 2;
-        assert!(matches!(parse_query(&two), Err(ParseError::Malformed { .. })));
-        let e = error_response(7, 0x0100, RCODE_FORMERR);
-        assert_eq!((e[0], e[1], e[3] & 0xf), (0, 7, RCODE_FORMERR));
-    }
-}
-
 /// Skips a (possibly compressed) name starting at `pos`; returns the
 /// position after it.
 fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
@@ -250,4 +211,43 @@ pub fn fit_udp(resp: &[u8], q: &Query, limit: usize) -> Vec<u8> {
     let mut v = response(q, resp.get(3).map(|b| b & 0xf).unwrap_or(RCODE_SERVFAIL), &[], 0);
     v[2] |= 0x02; // TC
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn parses_and_answers() {
+        let q = parse_query(&build_query(0xbeef, "API.Exchange.test", TYPE_A)).unwrap();
+        assert_eq!((q.id, q.name.as_str(), q.qtype), (0xbeef, "api.exchange.test", TYPE_A));
+        let r = response(&q, RCODE_NOERROR, &[Ipv4Addr::new(198, 18, 1, 0)], 60);
+        assert_eq!(&r[0..2], &[0xbe, 0xef]);
+        assert_eq!(r[2] & 0x80, 0x80, "QR set");
+        assert_eq!(r[2] & 0x01, 0x01, "RD copied");
+        assert_eq!(&r[6..8], &[0, 1], "one answer");
+        assert_eq!(&r[r.len() - 4..], &[198, 18, 1, 0]);
+        let empty = response(&q, RCODE_NOERROR, &[], 60);
+        assert_eq!(&empty[6..8], &[0, 0]);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert_eq!(parse_query(&[0; 5]), Err(ParseError::Short));
+        let mut resp = build_query(1, "a.test", TYPE_A);
+        resp[2] |= 0x80;
+        assert!(matches!(parse_query(&resp), Err(ParseError::NotQuery { .. })));
+        let mut trunc = build_query(1, "a.test", TYPE_A);
+        trunc.truncate(16);
+        assert!(matches!(parse_query(&trunc), Err(ParseError::Malformed { .. })));
+        let mut ptr = build_query(1, "a.test", TYPE_A);
+        ptr[12] = 0xc0;
+        assert!(matches!(parse_query(&ptr), Err(ParseError::Malformed { .. })));
+        let mut two = build_query(1, "a.test", TYPE_A);
+        two[5] = 2;
+        assert!(matches!(parse_query(&two), Err(ParseError::Malformed { .. })));
+        let e = error_response(7, 0x0100, RCODE_FORMERR);
+        assert_eq!((e[0], e[1], e[3] & 0xf), (0, 7, RCODE_FORMERR));
+    }
 }
