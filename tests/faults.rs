@@ -168,7 +168,7 @@ import socket, sys, time
 held, results = [], []
 for i in range(int(sys.argv[1])):
     try:
-        s = socket.create_connection(("10.77.0.1", 1005), timeout=5); s.sendall(b"p"); s.recv(1); held.append(s); results.append("ok")
+        s = socket.create_connection(("10.77.0.1", int(sys.argv[3])), timeout=5); s.sendall(b"p"); s.recv(1); held.append(s); results.append("ok")
     except Exception as e:
         results.append(type(e).__name__)
 print(" ".join(results))
@@ -188,7 +188,7 @@ fn flow_limit_resets_the_excess_and_counts_it() {
     let (port, _rx) = scripted_proxy();
     let a = account(port, "    limits:\n      max_flows: 3\n");
     a.up();
-    let o = a.python(HOLD_MANY, "5 keep");
+    let o = a.python(HOLD_MANY, &format!("5 keep {HOLD}"));
     assert_eq!(out(&o).trim(), "ok ok ok ConnectionRefusedError ConnectionRefusedError", "{}", err(&o));
     wait_until("refusals counted", Duration::from_secs(3), || a.stats()["flows_refused_limit"] == 2);
     assert!(a.log().contains("flow refused: flow limit reached"));
@@ -203,7 +203,7 @@ fn idle_flows_are_reset_after_the_idle_timeout() {
     let (port, _rx) = scripted_proxy();
     let a = account(port, "    limits:\n      idle_timeout: 2s\n");
     a.up();
-    let o = a.python(HOLD_MANY, "1 idle");
+    let o = a.python(HOLD_MANY, &format!("1 idle {HOLD}"));
     let text = out(&o);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.first().copied(), Some("ok"), "{text}{}", err(&o));
