@@ -2,7 +2,9 @@
 //! thread, configured there over a netlink socket opened in that namespace,
 //! and handed back as an fd that the host-side daemon reads and writes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use std::os::fd::OwnedFd;
 
 use futures::TryStreamExt;
@@ -27,6 +29,9 @@ pub struct TunPlan {
     pub namespace: String,
     pub mtu: u32,
     pub txqueuelen: u32,
+    /// Route IPv6 into the TUN (`ipv6: proxy`); otherwise IPv6 is disabled
+    /// on the TUN and has no route.
+    pub ipv6: bool,
 }
 
 /// Creates and configures the TUN in the plan's namespace: `lo` up, `tun0`
@@ -54,8 +59,9 @@ fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
         reason: e.to_string(),
     })?;
     let fd = crate::sys::tun_into_owned(dev);
-    // IPv6 is blocked: no address, no route, and no link-local either.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan::TUN_NAME), "1");
+    // IPv6 blocked: no address, no route, and no link-local either.
+    let v6_off = if p.ipv6 { "0" } else { "1" };
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan::TUN_NAME), v6_off);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| LinkError::Netlink {
         ns: ns.clone(),
         op: "runtime",
@@ -94,6 +100,13 @@ async fn configure(p: &TunPlan) -> Result<(), LinkError> {
             .map_err(nl("add tun0 address"))?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(tun).build();
         handle.route().add(route).replace().execute().await.map_err(nl("add default route"))?;
+        if p.ipv6 {
+            let mut req = handle.address().add(tun, IpAddr::V6(plan::TUN_V6), 128).replace();
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.execute().await.map_err(nl("add tun0 IPv6 address"))?;
+            let route = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(tun).build();
+            handle.route().add(route).replace().execute().await.map_err(nl("add IPv6 default route"))?;
+        }
         Ok(())
     }
     .await;

@@ -175,6 +175,7 @@ pub mod plan {
     pub const TUN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
     /// The stack's own address: the DNS server named in resolv.conf.
     pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    pub const STACK_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
     /// Fake-IP pool: 198.18.1.0 - 198.19.255.254.
     pub const FAKE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
     pub const FAKE_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);

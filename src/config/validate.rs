@@ -222,10 +222,7 @@ fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
     let dns = dns(ctx, m, path);
     let ipv6 = match ctx.get::<String>(m, "ipv6", path, "block or proxy").as_deref() {
         None | Some("block") => Some(Ipv6Mode::Block),
-        Some("proxy") => {
-            ctx.problem(&path.key("ipv6"), "ipv6: proxy is not supported yet; use block");
-            None
-        }
+        Some("proxy") => Some(Ipv6Mode::Proxy),
         Some(o) => {
             ctx.problem(&path.key("ipv6"), format!("expected block or proxy, got {o:?}"));
             None

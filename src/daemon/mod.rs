@@ -131,8 +131,13 @@ fn apply(a: &Account, rollback: &mut Rollback) -> anyhow::Result<OwnedFd> {
         let n = ns.clone();
         rollback.push("remove /etc/netns files", move || rundir::remove_etc_netns(&n).map_err(|e| e.to_string()));
     }
-    let tun = link::create_tun(&link::TunPlan { namespace: ns, mtu: a.mtu, txqueuelen: 1000 })
-        .with_context(|| format!("account {}", a.name))?;
+    let tun = link::create_tun(&link::TunPlan {
+        namespace: ns,
+        mtu: a.mtu,
+        txqueuelen: 1000,
+        ipv6: a.ipv6 == config::Ipv6Mode::Proxy,
+    })
+    .with_context(|| format!("account {}", a.name))?;
     Ok(tun)
 }
 

@@ -115,6 +115,8 @@ struct Ctx {
     shared: Arc<Shared>,
     dns: DnsServer,
     tun: TunRef,
+    /// `ipv6: proxy`: IPv6 packets are handled, not dropped.
+    ipv6: bool,
 }
 
 enum Event {
@@ -165,6 +167,7 @@ pub async fn run(
             _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&rundir, &name))),
         },
         tun: tun.clone(),
+        ipv6: account.ipv6 == crate::config::Ipv6Mode::Proxy,
     });
     let publisher = tokio::spawn(publish_stats(ctx.clone(), rundir.clone()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -214,7 +217,7 @@ pub async fn run(
 }
 
 fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
-    match packet::classify(pkt) {
+    match packet::classify(pkt, ctx.ipv6) {
         Class::TcpSyn { src, dst } => on_syn(ctx, tx, (src, dst), pkt),
         c @ (Class::Tcp | Class::Udp) => {
             if c == Class::Udp {
@@ -227,8 +230,8 @@ fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt:
         Class::Dns { src, dst, payload } => {
             ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(mut fake) = ctx.dns.fake() {
-                if let Some(r) = fake.answer(payload) {
-                    let _ = nix::unistd::write(tun.as_fd(), &packet::udp_v4(dst, src, &r));
+                if let Some(out) = fake.answer(payload).and_then(|r| packet::udp_packet(dst, src, &r)) {
+                    let _ = nix::unistd::write(tun.as_fd(), &out);
                 }
                 return;
             }
@@ -239,7 +242,9 @@ fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt:
                     Ok(q) => crate::dns::message::fit_udp(&r, &q, crate::dns::message::udp_limit(&query)),
                     Err(_) => r,
                 };
-                let _ = nix::unistd::write(ctx.tun.as_fd(), &packet::udp_v4(dst, src, &r));
+                if let Some(out) = packet::udp_packet(dst, src, &r) {
+                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
+                }
             });
         }
         Class::Drop(reason) => {

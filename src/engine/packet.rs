@@ -2,10 +2,10 @@
 //! Pure: bytes in, verdict out. Checksums are verified before anything is
 //! allocated for a packet.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Class<'a> {
@@ -14,16 +14,19 @@ pub enum Class<'a> {
     /// Any other TCP segment: for the stack.
     Tcp,
     /// A DNS query over UDP to any address.
-    Dns { src: SocketAddrV4, dst: SocketAddrV4, payload: &'a [u8] },
+    Dns { src: SocketAddr, dst: SocketAddr, payload: &'a [u8] },
     /// Other UDP: the stack answers ICMP port unreachable.
     Udp,
     /// Dropped, with the reason (counted).
     Drop(&'static str),
 }
 
-pub fn classify(pkt: &[u8]) -> Class<'_> {
+/// Classifies one packet. IPv6 is dropped unless `ipv6` (policy `ipv6:
+/// proxy`).
+pub fn classify(pkt: &[u8], ipv6: bool) -> Class<'_> {
     match pkt.first().map(|b| b >> 4) {
         Some(4) => classify_v4(pkt),
+        Some(6) if ipv6 => classify_v6(pkt),
         Some(6) => Class::Drop("ipv6 (blocked)"),
         _ => Class::Drop("not an IP packet"),
     }
@@ -37,12 +40,29 @@ fn classify_v4(pkt: &[u8]) -> Class<'_> {
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Class::Drop("IPv4 fragment");
     }
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (ip.src_addr(), ip.dst_addr());
-    let payload = ip.payload();
     match ip.next_header() {
+        IpProtocol::Icmp => Class::Drop("ICMP (not proxied)"),
+        p => transport(p, ip.payload(), IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr())),
+    }
+}
+
+fn classify_v6(pkt: &[u8]) -> Class<'_> {
+    let Ok(ip) = Ipv6Packet::new_checked(pkt) else { return Class::Drop("bad IPv6 header") };
+    match ip.next_header() {
+        IpProtocol::Icmpv6 => Class::Drop("ICMPv6 (not proxied)"),
+        p @ (IpProtocol::Tcp | IpProtocol::Udp) => {
+            transport(p, ip.payload(), IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()))
+        }
+        _ => Class::Drop("IPv6 extension header or unsupported protocol"),
+    }
+}
+
+fn transport(proto: IpProtocol, payload: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+    let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
+    match proto {
         IpProtocol::Tcp => {
             let Ok(tcp) = TcpPacket::new_checked(payload) else { return Class::Drop("bad TCP header") };
-            if !tcp.verify_checksum(&src.into(), &dst.into()) {
+            if !tcp.verify_checksum(&s, &d) {
                 return Class::Drop("bad TCP checksum");
             }
             if tcp.syn() && !tcp.ack() {
@@ -50,29 +70,62 @@ fn classify_v4(pkt: &[u8]) -> Class<'_> {
                     return Class::Drop("SYN with FIN or RST");
                 }
                 return Class::TcpSyn {
-                    src: SocketAddr::new(IpAddr::V4(src), tcp.src_port()),
-                    dst: SocketAddr::new(IpAddr::V4(dst), tcp.dst_port()),
+                    src: SocketAddr::new(src, tcp.src_port()),
+                    dst: SocketAddr::new(dst, tcp.dst_port()),
                 };
             }
             Class::Tcp
         }
         IpProtocol::Udp => {
             let Ok(udp) = UdpPacket::new_checked(payload) else { return Class::Drop("bad UDP header") };
-            if udp.checksum() != 0 && !udp.verify_checksum(&src.into(), &dst.into()) {
+            // A zero checksum means "none" in IPv4 only.
+            let unchecked = udp.checksum() == 0 && src.is_ipv4();
+            if !unchecked && !udp.verify_checksum(&s, &d) {
                 return Class::Drop("bad UDP checksum");
             }
             if udp.dst_port() == 53 {
                 let len = (udp.len() as usize).saturating_sub(8).min(udp.payload().len());
                 return Class::Dns {
-                    src: SocketAddrV4::new(src, udp.src_port()),
-                    dst: SocketAddrV4::new(dst, udp.dst_port()),
+                    src: SocketAddr::new(src, udp.src_port()),
+                    dst: SocketAddr::new(dst, udp.dst_port()),
                     payload: &udp.payload()[..len],
                 };
             }
             Class::Udp
         }
-        IpProtocol::Icmp => Class::Drop("ICMP (not proxied)"),
         _ => Class::Drop("unsupported IP protocol"),
+    }
+}
+
+/// A UDP reply from `src` to `dst` (same family) carrying `payload`.
+pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => Some(udp_v4(s, d, payload)),
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            let udp = UdpRepr { src_port: s.port(), dst_port: d.port() };
+            let ip = Ipv6Repr {
+                src_addr: *s.ip(),
+                dst_addr: *d.ip(),
+                next_header: IpProtocol::Udp,
+                payload_len: udp.header_len() + payload.len(),
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; ip.buffer_len() + ip.payload_len];
+            let caps = ChecksumCapabilities::default();
+            let mut pkt = Ipv6Packet::new_unchecked(&mut buf[..]);
+            ip.emit(&mut pkt);
+            let mut u = UdpPacket::new_unchecked(pkt.payload_mut());
+            udp.emit(
+                &mut u,
+                &(*s.ip()).into(),
+                &(*d.ip()).into(),
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                &caps,
+            );
+            Some(buf)
+        }
+        _ => None,
     }
 }
 
@@ -139,39 +192,57 @@ pub(crate) mod tests {
     fn syn_and_other_tcp() {
         let syn = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, false);
         assert_eq!(
-            classify(&syn),
+            classify(&syn, false),
             Class::TcpSyn { src: "198.18.0.1:40000".parse().unwrap(), dst: "10.9.9.9:443".parse().unwrap() }
         );
         let synack = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, true);
-        assert_eq!(classify(&synack), Class::Tcp);
+        assert_eq!(classify(&synack, false), Class::Tcp);
         let mut bad = syn.clone();
         let n = bad.len() - 1;
         bad[n] ^= 0xff;
-        assert_eq!(classify(&bad), Class::Drop("bad TCP checksum"));
+        assert_eq!(classify(&bad, false), Class::Drop("bad TCP checksum"));
     }
 
     #[test]
     fn dns_and_udp() {
         let q = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:53"), b"query");
-        assert_eq!(classify(&q), Class::Dns { src: a("198.18.0.1:5353"), dst: a("9.9.9.9:53"), payload: b"query" });
+        assert_eq!(
+            classify(&q, false),
+            Class::Dns {
+                src: "198.18.0.1:5353".parse().unwrap(),
+                dst: "9.9.9.9:53".parse().unwrap(),
+                payload: b"query"
+            }
+        );
         let quic = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:443"), b"x");
-        assert_eq!(classify(&quic), Class::Udp);
+        assert_eq!(classify(&quic, false), Class::Udp);
+    }
+
+    #[test]
+    fn ipv6_dns_reply_round_trips() {
+        let (c, s): (SocketAddr, SocketAddr) =
+            ("[fd00:18::1]:5353".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        let q = udp_packet(c, s, b"query").unwrap();
+        assert_eq!(classify(&q, true), Class::Dns { src: c, dst: s, payload: b"query" });
+        assert_eq!(classify(&q, false), Class::Drop("ipv6 (blocked)"));
+        assert!(udp_packet(c, "1.2.3.4:53".parse().unwrap(), b"x").is_none(), "mixed families");
     }
 
     #[test]
     fn garbage_is_dropped_not_panicking() {
-        assert_eq!(classify(&[]), Class::Drop("not an IP packet"));
-        assert_eq!(classify(&[0x45, 0, 0]), Class::Drop("bad IPv4 header"));
-        assert_eq!(classify(&[0x60; 40]), Class::Drop("ipv6 (blocked)"));
+        assert_eq!(classify(&[], true), Class::Drop("not an IP packet"));
+        assert_eq!(classify(&[0x45, 0, 0], true), Class::Drop("bad IPv4 header"));
+        assert_eq!(classify(&[0x60; 40], false), Class::Drop("ipv6 (blocked)"));
+        assert_eq!(classify(&[0x60; 10], true), Class::Drop("bad IPv6 header"));
         let mut frag = udp_v4(a("1.1.1.1:1"), a("2.2.2.2:53"), b"x");
         frag[6] = 0x20; // more fragments
         let mut p = Ipv4Packet::new_unchecked(&mut frag[..]);
         p.fill_checksum();
-        assert_eq!(classify(&frag), Class::Drop("IPv4 fragment"));
+        assert_eq!(classify(&frag, true), Class::Drop("IPv4 fragment"));
         // Every truncation of a valid packet is classified without panic.
         let syn = tcp_v4(a("198.18.0.1:1"), a("10.0.0.1:2"), TcpControl::Syn, false);
         for n in 0..syn.len() {
-            let _ = classify(&syn[..n]);
+            let _ = classify(&syn[..n], true);
         }
     }
 }

@@ -61,8 +61,10 @@ impl Stack {
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(plan::DNS_V4), 32));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(plan::STACK_V6), 128));
         });
         let _ = iface.routes_mut().add_default_ipv4_route(plan::DNS_V4);
+        let _ = iface.routes_mut().add_default_ipv6_route(plan::STACK_V6);
         iface.set_any_ip(true);
         Stack {
             iface,

@@ -136,6 +136,9 @@ pub struct ProxyInfo {
     pub egress: Ipv4Addr,
     /// The origin's address as this proxy reaches it.
     pub origin_ip: Ipv4Addr,
+    /// The same over IPv6 (the proxy's egress, the origin's address).
+    pub egress6: std::net::Ipv6Addr,
+    pub origin_ip6: std::net::Ipv6Addr,
     pub user: String,
     pub pass: String,
     pub proc: Option<Proc>,
@@ -262,6 +265,10 @@ impl Topology {
         must(&format!("ip -n {ns} link add eth1 type veth peer name eth{i} netns {o}"));
         must(&format!("ip -n {ns} addr add {egress}/24 dev eth1 && ip -n {ns} link set eth1 up"));
         must(&format!("ip -n {o} addr add {origin_side}/24 dev eth{i} && ip -n {o} link set eth{i} up"));
+        let v6 = |h: u16| std::net::Ipv6Addr::new(0xfd00, self.b as u16, (self.t * 16 + 8 + i) as u16, 0, 0, 0, 0, h);
+        let (egress6, origin_ip6) = (v6(1), v6(2));
+        must(&format!("ip -n {ns} -6 addr add {egress6}/64 dev eth1 nodad"));
+        must(&format!("ip -n {o} -6 addr add {origin_ip6}/64 dev eth{i} nodad"));
         // The origin's main address (its resolver) is reachable from the proxy too.
         must(&format!("ip -n {ns} route add {}/32 via {origin_side}", self.origin_addr));
         // The proxy resolves test names to the origin, via /etc/netns hosts.
@@ -282,7 +289,7 @@ impl Topology {
                 ensure_user(&user);
                 must(&format!("echo '{user}:{pass}' | chpasswd"));
                 let conf = format!(
-                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: {egress}\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n"
+                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\n"
                 );
                 std::fs::write(self.dir.join(format!("danted{i}.conf")), conf).expect("dante conf");
                 (1080, spawn_in(&ns, "danted", &format!("danted -f {d}/danted{i}.conf"), &log))
@@ -303,6 +310,8 @@ impl Topology {
             port,
             egress,
             origin_ip: origin_side,
+            egress6,
+            origin_ip6,
             user,
             pass,
             proc: Some(proc),
@@ -536,7 +545,7 @@ async def main():
                    check=True, capture_output=True)
     os.system("cp %s/c.pem %s" % (d, os.path.join(os.path.dirname(sys.argv[1]), "origin-ca.pem")))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH); ctx.load_cert_chain(d + "/c.pem", d + "/k.pem")
-    await asyncio.start_server(http, "0.0.0.0", 80, backlog=1024)
+    await asyncio.start_server(http, None, 80, backlog=1024)
     await asyncio.start_server(http, "0.0.0.0", 8443, ssl=ctx, backlog=1024)
     await asyncio.start_server(echo, "0.0.0.0", 8082, backlog=1024)
     await websockets.serve(ws, "0.0.0.0", 8081)

@@ -106,7 +106,7 @@ accounts:
     health_check: {target: 'tcp://h:1'}
 ";
     let errs = parse(text).unwrap_err();
-    assert_eq!(errs.iter().filter(|e| e.contains("not supported yet")).count(), 3, "{errs:#?}");
+    assert_eq!(errs.iter().filter(|e| e.contains("not supported yet")).count(), 2, "{errs:#?}");
     assert!(!errs.iter().any(|e| e.contains("dns")), "dns mode tcp is supported: {errs:#?}");
 }
 
