@@ -1,0 +1,452 @@
+//! nsproxy against the proxy itself. Run as root:
+//!
+//!     cargo bench --bench proxy                # 3 rounds, 10 s per figure
+//!     cargo bench --bench proxy -- --smoke     # 1 round, 1 s (CI)
+//!     cargo bench --bench proxy -- --rounds 5 --seconds 10 --idle-flows 10000
+//!
+//! Topology as in the end-to-end tests: dante-server as the SOCKS5 proxy in
+//! its namespace, the targets (this binary in `serve` mode) in the origin
+//! namespace. "baseline" = the same client speaking SOCKS5 itself (the same
+//! SOCKS5 code nsproxy uses) to the same dante from the host namespace;
+//! "nsproxy" = the client inside an nsproxy account, connecting directly.
+//! Rounds alternate baseline and nsproxy; each figure is reported as the
+//! median of the per-round ratios nsproxy / baseline, with absolute figures.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BULK_DOWN: u16 = 9001;
+const BULK_UP: u16 = 9002;
+const HTTP: u16 = 9003;
+const HOLD: u16 = 9004;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("serve") => rt.block_on(serve()),
+        Some("client") => rt.block_on(client(&args[1..])),
+        _ => {
+            drop(rt);
+            orchestrate(&args)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- targets
+
+async fn serve() {
+    let down = TcpListener::bind(("0.0.0.0", BULK_DOWN)).await.expect("bind");
+    let up = TcpListener::bind(("0.0.0.0", BULK_UP)).await.expect("bind");
+    let http = TcpListener::bind(("0.0.0.0", HTTP)).await.expect("bind");
+    let hold = TcpListener::bind(("0.0.0.0", HOLD)).await.expect("bind");
+    tokio::spawn(accept(down, |mut s| async move {
+        let buf = vec![0u8; 256 * 1024];
+        while s.write_all(&buf).await.is_ok() {}
+    }));
+    tokio::spawn(accept(up, |mut s| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    }));
+    tokio::spawn(accept(http, |mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        loop {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+                buf.copy_within(end + 4..have, 0);
+                have -= end + 4;
+            }
+            if have == buf.len() {
+                return;
+            }
+        }
+    }));
+    accept(hold, |mut s| async move {
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b).await;
+    })
+    .await;
+}
+
+async fn accept<F, Fut>(l: TcpListener, f: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        if let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(f(s));
+        }
+    }
+}
+
+// ----------------------------------------------------------------- client
+
+/// `client TARGET_IP [--socks IP:PORT USER PASSFILE] MODE ARGS...`
+async fn client(args: &[String]) {
+    let target: std::net::IpAddr = args[0].parse().expect("target ip");
+    let mut rest = &args[1..];
+    let mut socks = None;
+    if rest.first().map(String::as_str) == Some("--socks") {
+        let pass = std::fs::read_to_string(&rest[3]).expect("password file").trim().to_string();
+        let (host, port) = rest[1].rsplit_once(':').expect("ip:port");
+        socks = Some(nsproxy::proxy::Upstream {
+            entry: nsproxy::config::ProxyEntry {
+                label: "bench".into(),
+                scheme: nsproxy::config::Scheme::Socks5,
+                host: host.into(),
+                port: port.parse().expect("port"),
+                username: Some(rest[2].clone()),
+                password: None,
+                priority: 0,
+                enabled: true,
+                connect_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
+            },
+            password: Some(nsproxy::secrets::Secret::new(pass)),
+        });
+        rest = &rest[4..];
+    }
+    let c = Client { target, socks };
+    let n = |i: usize| rest[i].parse::<u64>().expect("number");
+    let res = match rest[0].as_str() {
+        "down" => c.bulk(true, n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
+        "up" => c.bulk(false, n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
+        "lat" => c.latency(n(1) as usize).await,
+        "conn" => c.connections(n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
+        "hold" => c.hold(n(1) as usize).await,
+        m => panic!("unknown mode {m}"),
+    };
+    println!("{res}");
+}
+
+struct Client {
+    target: std::net::IpAddr,
+    socks: Option<nsproxy::proxy::Upstream>,
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
+}
+
+impl Client {
+    async fn connect(&self, port: u16) -> TcpStream {
+        let addr = SocketAddr::new(self.target, port);
+        let s = match &self.socks {
+            Some(up) => {
+                // Bytes that came with the SOCKS5 reply (a bulk source starts
+                // at once) are not counted: a few KiB against gigabytes.
+                up.connect(&nsproxy::proxy::Target::Ip(addr)).await.expect("socks connect").stream
+            }
+            None => TcpStream::connect(addr).await.expect("connect"),
+        };
+        let _ = s.set_nodelay(true);
+        s
+    }
+
+    /// MB/s over `dur` with `streams` connections.
+    async fn bulk(&self, down: bool, streams: usize, dur: Duration) -> String {
+        let mut socks = Vec::new();
+        for _ in 0..streams {
+            socks.push(self.connect(if down { BULK_DOWN } else { BULK_UP }).await);
+        }
+        let start = Instant::now();
+        let tasks: Vec<_> = socks
+            .into_iter()
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut total = 0u64;
+                    while start.elapsed() < dur {
+                        let r = if down { s.read(&mut buf).await } else { s.write(&buf).await };
+                        match r {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => total += n as u64,
+                        }
+                    }
+                    total
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap_or(0);
+        }
+        format!("{:.1}", total as f64 / start.elapsed().as_secs_f64() / 1e6)
+    }
+
+    /// p50 and p99 (µs) of small request/response over one connection.
+    async fn latency(&self, count: usize) -> String {
+        let mut s = self.connect(HTTP).await;
+        let mut buf = [0u8; 256];
+        let mut v = Vec::with_capacity(count);
+        for i in 0..count + 100 {
+            let t = Instant::now();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").await.expect("write");
+            let mut got = 0;
+            while got < 40 {
+                let n = s.read(&mut buf[got..]).await.expect("read");
+                assert!(n > 0, "closed");
+                got += n;
+            }
+            if i >= 100 {
+                v.push(t.elapsed().as_micros() as u64);
+            }
+        }
+        format!("{} {}", pct(&mut v, 0.5), pct(&mut v, 0.99))
+    }
+
+    /// New connection + small request: connections/s, p50, p99 (µs).
+    async fn connections(&self, par: usize, dur: Duration) -> String {
+        let start = Instant::now();
+        let me = std::sync::Arc::new(Client { target: self.target, socks: self.socks.clone() });
+        let tasks: Vec<_> = (0..par)
+            .map(|_| {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut v = Vec::new();
+                    let mut buf = [0u8; 256];
+                    while start.elapsed() < dur {
+                        let t = Instant::now();
+                        let mut s = me.connect(HTTP).await;
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").await.expect("write");
+                        let mut got = 0;
+                        while got < 40 {
+                            let n = s.read(&mut buf[got..]).await.expect("read");
+                            assert!(n > 0, "closed");
+                            got += n;
+                        }
+                        v.push(t.elapsed().as_micros() as u64);
+                    }
+                    v
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+        format!("{rate:.0} {} {}", pct(&mut all, 0.5), pct(&mut all, 0.99))
+    }
+
+    /// Opens `n` idle connections, says "ready", holds them until stdin closes.
+    async fn hold(&self, n: usize) -> String {
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            match tokio::time::timeout(Duration::from_secs(10), self.connect(HOLD)).await {
+                Ok(s) => held.push(s),
+                Err(_) => return format!("failed at {i}"),
+            }
+        }
+        println!("ready {}", held.len());
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut b = [0u8; 1];
+            std::io::Read::read(&mut std::io::stdin(), &mut b)
+        })
+        .await;
+        format!("held {}", held.len())
+    }
+}
+
+// ------------------------------------------------------------ orchestrator
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, 200_000, 200_000);
+}
+
+struct Daemon(i32);
+impl Daemon {
+    fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+    }
+    fn kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn orchestrate(args: &[String]) {
+    if !common::root_or_skip("benchmark") {
+        return;
+    }
+    let flag = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let rounds = flag("--rounds", if smoke { 1 } else { 3 }) as usize;
+    let secs = flag("--seconds", if smoke { 1 } else { 10 });
+    let lat_n = flag("--requests", if smoke { 300 } else { 2000 });
+    let idle_flows = flag("--idle-flows", if smoke { 300 } else { 10_000 });
+    let ds = (secs * 10).to_string();
+    raise_nofile();
+    common::ensure_user(common::TEST_USER);
+    let me = std::env::current_exe().expect("exe");
+    let topo = common::Topology::new(&[common::Kind::Dante]);
+    let px = &topo.proxies[0];
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.origin_ns])
+        .arg(&me)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("server");
+    let _server = common::Proc { name: "bench-server".into(), child: server };
+    std::thread::sleep(Duration::from_millis(500));
+    let acct = common::Account::for_proxy("bn", px, "");
+    acct.up();
+    let daemon = Daemon(acct.daemon_pid().expect("daemon pid"));
+    let pw = acct.dir.join("pw");
+    let target = px.origin_ip.to_string();
+    let proxy = format!("{}:{}", px.listen, px.port);
+    let me_s = me.display().to_string();
+    let run = |via_nsproxy: bool, mode: &[&str]| -> String {
+        let o = if via_nsproxy {
+            let mut v = vec![me_s.as_str(), "client", target.as_str()];
+            v.extend_from_slice(mode);
+            acct.cmd(&[&["exec", acct.name.as_str(), "--user", common::TEST_USER, "--"][..], &v[..]].concat())
+        } else {
+            std::process::Command::new(&me)
+                .args(["client", &target, "--socks", &proxy, &px.user, &pw.display().to_string()])
+                .args(mode)
+                .output()
+                .expect("client")
+        };
+        assert!(o.status.success(), "client {mode:?} failed: {}", common::err(&o));
+        common::out(&o).trim().to_string()
+    };
+    println!("nsproxy benchmark: {rounds} round(s), {secs} s per bulk figure, {lat_n} keep-alive requests");
+    println!(
+        "machine: {} cores, load {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        loadavg()
+    );
+    let names = [
+        "download 1 stream MB/s",
+        "download 8 streams MB/s",
+        "upload 1 stream MB/s",
+        "keep-alive latency p50 µs",
+        "keep-alive latency p99 µs",
+        "new conn/s, 1 at a time",
+        "new conn p50 µs",
+        "new conn p99 µs",
+        "new conn/s, 8 parallel",
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut abs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
+    let (mut cpu_ticks, mut down_bytes) = (0u64, 0f64);
+    let lat_s = lat_n.to_string();
+    for round in 0..rounds {
+        let mut fig = [[0f64; 9]; 2];
+        for (i, via) in [false, true].into_iter().enumerate() {
+            let t0 = daemon.cpu_ticks();
+            let d1: f64 = run(via, &["down", "1", &ds]).parse().unwrap_or(0.0);
+            if via {
+                cpu_ticks += daemon.cpu_ticks() - t0;
+                down_bytes += d1 * 1e6 * secs as f64;
+            }
+            let d8: f64 = run(via, &["down", "8", &ds]).parse().unwrap_or(0.0);
+            let u1: f64 = run(via, &["up", "1", &ds]).parse().unwrap_or(0.0);
+            let lat: Vec<f64> = run(via, &["lat", &lat_s]).split(' ').filter_map(|x| x.parse().ok()).collect();
+            let c1: Vec<f64> =
+                run(via, &["conn", "1", &(secs * 5).to_string()]).split(' ').filter_map(|x| x.parse().ok()).collect();
+            let c8: Vec<f64> =
+                run(via, &["conn", "8", &(secs * 5).to_string()]).split(' ').filter_map(|x| x.parse().ok()).collect();
+            fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c8[0]];
+        }
+        for k in 0..names.len() {
+            ratios[k].push(fig[1][k] / fig[0][k]);
+            abs[k][0].push(fig[0][k]);
+            abs[k][1].push(fig[1][k]);
+        }
+        println!("round {} done (load {})", round + 1, loadavg());
+    }
+    println!();
+    println!("{:<28} {:>12} {:>12} {:>10}", "figure (median)", "baseline", "nsproxy", "ratio");
+    for k in 0..names.len() {
+        println!(
+            "{:<28} {:>12.1} {:>12.1} {:>9.2}x",
+            names[k],
+            median(&mut abs[k][0]),
+            median(&mut abs[k][1]),
+            median(&mut ratios[k])
+        );
+    }
+    let tick = 100.0; // USER_HZ
+    println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", cpu_ticks as f64 / tick / (down_bytes / 1e9));
+    println!("nsproxy peak RSS during the benchmark: {:.1} MiB", daemon.kib("VmHWM:") as f64 / 1024.0);
+    // Idle flows.
+    let before = daemon.kib("VmRSS:");
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--policies")
+        .arg(&acct.policy)
+        .args(["exec", &acct.name, "--user", common::TEST_USER, "--"])
+        .arg(&me)
+        .args(["client", &target, "hold", &idle_flows.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hold client");
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+    std::thread::sleep(Duration::from_secs(1));
+    let held = daemon.kib("VmRSS:");
+    let t0 = daemon.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_ticks = daemon.cpu_ticks() - t0;
+    println!(
+        "idle flows: {} -> daemon RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per flow; CPU while idle: {} ticks in 5 s",
+        line.trim(),
+        before as f64 / 1024.0,
+        held as f64 / 1024.0,
+        (held.saturating_sub(before)) as f64 / idle_flows.max(1) as f64,
+        idle_ticks
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+    drop(reader);
+    println!("load at the end: {}", loadavg());
+}
