@@ -13,7 +13,6 @@
 //! median of the per-round ratios nsproxy / baseline, with absolute figures.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::net::SocketAddr;
