@@ -1,7 +1,8 @@
 //! nsproxy against the proxy itself. Run as root:
 //!
 //!     cargo bench --bench proxy                # 3 rounds, 10 s per figure
-//!     cargo bench --bench proxy -- --smoke     # 1 round, 1 s (CI)
+//!     cargo bench --bench proxy -- --smoke     # 1 round, 1 s
+//!     cargo test --bench proxy                 # the same smoke run (CI runs it)
 //!     cargo bench --bench proxy -- --rounds 5 --seconds 10 --idle-flows 10000
 //!
 //! Topology as in the end-to-end tests: dante-server as the SOCKS5 proxy in
@@ -27,7 +28,16 @@ const HTTP: u16 = 9003;
 const HOLD: u16 = 9004;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and
+    // then a smoke run (1 round, 1 s) checks the benchmark still works.
+    let under_cargo_bench = std::env::args().any(|a| a == "--bench");
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if !under_cargo_bench
+        && args.first().is_none_or(|a| a != "serve" && a != "client")
+        && !args.contains(&"--smoke".to_string())
+    {
+        args.push("--smoke".into());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match args.first().map(String::as_str) {
         Some("serve") => rt.block_on(serve()),
@@ -145,18 +155,20 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 }
 
 impl Client {
-    async fn connect(&self, port: u16) -> TcpStream {
+    async fn try_connect(&self, port: u16) -> std::io::Result<TcpStream> {
         let addr = SocketAddr::new(self.target, port);
         let s = match &self.socks {
-            Some(up) => {
-                // Bytes that came with the SOCKS5 reply (a bulk source starts
-                // at once) are not counted: a few KiB against gigabytes.
-                up.connect(&nsproxy::proxy::Target::Ip(addr)).await.expect("socks connect").stream
-            }
-            None => TcpStream::connect(addr).await.expect("connect"),
+            // Bytes that came with the SOCKS5 reply (a bulk source starts at
+            // once) are not counted: a few KiB against gigabytes.
+            Some(up) => up.connect(&nsproxy::proxy::Target::Ip(addr)).await.map_err(std::io::Error::other)?.stream,
+            None => TcpStream::connect(addr).await?,
         };
         let _ = s.set_nodelay(true);
-        s
+        Ok(s)
+    }
+
+    async fn connect(&self, port: u16) -> TcpStream {
+        self.try_connect(port).await.expect("connect")
     }
 
     /// MB/s over `dur` with `streams` connections.
@@ -249,9 +261,16 @@ impl Client {
     async fn hold(&self, n: usize) -> String {
         let mut held = Vec::with_capacity(n);
         for i in 0..n {
-            match tokio::time::timeout(Duration::from_secs(10), self.connect(HOLD)).await {
-                Ok(s) => held.push(s),
-                Err(_) => return format!("failed at {i}"),
+            match tokio::time::timeout(Duration::from_secs(10), self.try_connect(HOLD)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => {
+                    println!("failed at {i}: {e}");
+                    return String::new();
+                }
+                Err(_) => {
+                    println!("failed at {i}: timeout");
+                    return String::new();
+                }
             }
         }
         println!("ready {}", held.len());
@@ -319,6 +338,13 @@ fn orchestrate(args: &[String]) {
     let secs = flag("--seconds", if smoke { 1 } else { 10 });
     let lat_n = flag("--requests", if smoke { 300 } else { 2000 });
     let idle_flows = flag("--idle-flows", if smoke { 300 } else { 10_000 });
+    // --only lat,down1,... runs a subset: down1 down8 up1 lat conn1 conn8 idle.
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let want = |k: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k));
     let ds = (secs * 10).to_string();
     raise_nofile();
     common::ensure_user(common::TEST_USER);
@@ -334,7 +360,8 @@ fn orchestrate(args: &[String]) {
         .expect("server");
     let _server = common::Proc { name: "bench-server".into(), child: server };
     std::thread::sleep(Duration::from_millis(500));
-    let acct = common::Account::for_proxy("bn", px, "");
+    let limits = format!("    limits:\n      max_flows: {}\n      max_half_open: 4096\n", (idle_flows + 100).max(4096));
+    let acct = common::Account::for_proxy("bn", px, &limits);
     acct.up();
     let daemon = Daemon(acct.daemon_pid().expect("daemon pid"));
     let pw = acct.dir.join("pw");
@@ -380,19 +407,23 @@ fn orchestrate(args: &[String]) {
     for round in 0..rounds {
         let mut fig = [[0f64; 9]; 2];
         for (i, via) in [false, true].into_iter().enumerate() {
+            let nums = |mode: &[&str], n: usize| -> Vec<f64> {
+                let v: Vec<f64> = run(via, mode).split(' ').filter_map(|x| x.parse().ok()).collect();
+                if v.len() == n { v } else { vec![f64::NAN; n] }
+            };
+            let skip = |n: usize| vec![f64::NAN; n];
             let t0 = daemon.cpu_ticks();
-            let d1: f64 = run(via, &["down", "1", &ds]).parse().unwrap_or(0.0);
-            if via {
+            let d1 = if want("down1") { nums(&["down", "1", &ds], 1)[0] } else { f64::NAN };
+            if via && d1.is_finite() {
                 cpu_ticks += daemon.cpu_ticks() - t0;
                 down_bytes += d1 * 1e6 * secs as f64;
             }
-            let d8: f64 = run(via, &["down", "8", &ds]).parse().unwrap_or(0.0);
-            let u1: f64 = run(via, &["up", "1", &ds]).parse().unwrap_or(0.0);
-            let lat: Vec<f64> = run(via, &["lat", &lat_s]).split(' ').filter_map(|x| x.parse().ok()).collect();
-            let c1: Vec<f64> =
-                run(via, &["conn", "1", &(secs * 5).to_string()]).split(' ').filter_map(|x| x.parse().ok()).collect();
-            let c8: Vec<f64> =
-                run(via, &["conn", "8", &(secs * 5).to_string()]).split(' ').filter_map(|x| x.parse().ok()).collect();
+            let d8 = if want("down8") { nums(&["down", "8", &ds], 1)[0] } else { f64::NAN };
+            let u1 = if want("up1") { nums(&["up", "1", &ds], 1)[0] } else { f64::NAN };
+            let lat = if want("lat") { nums(&["lat", &lat_s], 2) } else { skip(2) };
+            let half = (secs * 5).to_string();
+            let c1 = if want("conn1") { nums(&["conn", "1", &half], 3) } else { skip(3) };
+            let c8 = if want("conn8") { nums(&["conn", "8", &half], 3) } else { skip(3) };
             fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c8[0]];
         }
         for k in 0..names.len() {
@@ -412,6 +443,9 @@ fn orchestrate(args: &[String]) {
             median(&mut abs[k][1]),
             median(&mut ratios[k])
         );
+    }
+    if !want("idle") {
+        return;
     }
     let tick = 100.0; // USER_HZ
     println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", cpu_ticks as f64 / tick / (down_bytes / 1e9));

@@ -48,3 +48,14 @@ pub fn inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
     // checked) and nothing else in this process refers to it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Makes glibc serve every allocation of `bytes` or more with its own
+/// mmap. The stack's large socket buffers are then fresh zero pages that
+/// cost no memory until data passes (an idle flow touches a page or two),
+/// and glibc's dynamic threshold cannot move them onto the heap, where
+/// `calloc` would write every byte.
+pub fn malloc_mmap_threshold(bytes: i32) -> bool {
+    // SAFETY: mallopt only changes allocator parameters; it is called once
+    // at daemon start-up, before the runtime and its threads exist.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+}

@@ -143,8 +143,10 @@ fn apply(a: &Account, rollback: &mut Rollback) -> anyhow::Result<OwnedFd> {
 
 fn serve(s: Started) -> anyhow::Result<()> {
     let name = s.account.name.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    crate::sys::malloc_mmap_threshold(64 * 1024);
+    // One thread: the poll loop and the flow tasks hand work to each other
+    // on every packet; on one thread that costs no cross-thread wake-up.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .thread_name(format!("nsproxy-{name}"))
         .enable_all()
         .build()

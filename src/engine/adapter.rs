@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::stack::Shared;
 
 pub struct SmolStream {
-    shared: Arc<Shared>,
-    handle: SocketHandle,
+    pub(super) shared: Arc<Shared>,
+    pub(super) handle: SocketHandle,
     abort_on_drop: bool,
 }
 

@@ -28,17 +28,22 @@ impl<F: AsFd> Sink for FdSink<F> {
     }
 }
 
+/// Received packets are copied into buffers kept here and reused, so the
+/// hot path does not allocate per packet.
+const POOL_MAX: usize = 32;
+
 pub struct TunDevice<S: Sink> {
     pub rx: VecDeque<Vec<u8>>,
     pub rx_limit: usize,
     pub sink: S,
     pub mtu: usize,
     tx_buf: Vec<u8>,
+    pool: Vec<Vec<u8>>,
 }
 
 impl<S: Sink> TunDevice<S> {
     pub fn new(sink: S, mtu: usize, rx_limit: usize) -> Self {
-        TunDevice { rx: VecDeque::new(), rx_limit, sink, mtu, tx_buf: Vec::with_capacity(mtu) }
+        TunDevice { rx: VecDeque::new(), rx_limit, sink, mtu, tx_buf: Vec::with_capacity(mtu), pool: Vec::new() }
     }
 
     /// Queues a packet for the stack; false (dropped) when the queue is full.
@@ -49,18 +54,37 @@ impl<S: Sink> TunDevice<S> {
         self.rx.push_back(pkt);
         true
     }
+
+    /// Queues a copy of `pkt` in a recycled buffer.
+    pub fn push_copy(&mut self, pkt: &[u8]) -> bool {
+        if self.rx.len() >= self.rx_limit {
+            return false;
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(pkt);
+        self.rx.push_back(buf);
+        true
+    }
 }
 
-pub struct RxToken(Vec<u8>);
+pub struct RxToken<'a> {
+    buf: Vec<u8>,
+    pool: &'a mut Vec<Vec<u8>>,
+}
 
 pub struct TxToken<'a, S: Sink> {
     sink: &'a mut S,
     buf: &'a mut Vec<u8>,
 }
 
-impl phy::RxToken for RxToken {
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.buf);
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(self.buf);
+        }
+        r
     }
 }
 
@@ -76,7 +100,7 @@ impl<S: Sink> phy::TxToken for TxToken<'_, S> {
 
 impl<S: Sink> phy::Device for TunDevice<S> {
     type RxToken<'a>
-        = RxToken
+        = RxToken<'a>
     where
         Self: 'a;
     type TxToken<'a>
@@ -84,9 +108,9 @@ impl<S: Sink> phy::Device for TunDevice<S> {
     where
         Self: 'a;
 
-    fn receive(&mut self, _t: Instant) -> Option<(RxToken, TxToken<'_, S>)> {
-        let pkt = self.rx.pop_front()?;
-        Some((RxToken(pkt), TxToken { sink: &mut self.sink, buf: &mut self.tx_buf }))
+    fn receive(&mut self, _t: Instant) -> Option<(RxToken<'_>, TxToken<'_, S>)> {
+        let buf = self.rx.pop_front()?;
+        Some((RxToken { buf, pool: &mut self.pool }, TxToken { sink: &mut self.sink, buf: &mut self.tx_buf }))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<TxToken<'_, S>> {

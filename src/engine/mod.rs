@@ -223,7 +223,7 @@ fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt:
             if c == Class::Udp {
                 ctx.stats.udp_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            if !ctx.shared.lock().dev.push(pkt.to_vec()) {
+            if !ctx.shared.lock().dev.push_copy(pkt) {
                 ctx.stats.packets_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -260,7 +260,7 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
     match st.flow(&key) {
         Some(Flow::Pending) => return, // retransmitted SYN: still connecting
         Some(Flow::Open(_)) => {
-            st.dev.push(pkt.to_vec());
+            st.dev.push_copy(pkt);
             return;
         }
         None => {}

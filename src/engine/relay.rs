@@ -1,14 +1,19 @@
-//! Both directions between the program's connection and the upstream:
-//! half-close passed on each way, resets passed on each way, an idle
-//! timeout, memory bounded by the two copy buffers.
+//! Both directions between the program's connection (a smoltcp socket) and
+//! the upstream socket, without copy buffers: bytes go straight from the
+//! stack's receive buffer into the upstream socket and from the upstream
+//! socket into the stack's send buffer. Half-closes are passed on each way,
+//! resets are passed on each way, and a flow idle for `idle` is reset on
+//! both sides. Memory per flow is the stack's two socket buffers.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smoltcp::socket::tcp::RecvError;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::adapter::SmolStream;
 use super::stats::Stats;
@@ -25,89 +30,178 @@ pub enum End {
     Idle,
 }
 
-const BUF: usize = 64 * 1024;
-
-#[derive(Clone, Copy)]
-enum Side {
-    Program,
-    Upstream,
+enum Io {
+    Moved(usize),
+    Eof,
+    WouldBlock,
+    Failed,
 }
 
-async fn pump<R, W>(
-    r: &mut R,
-    w: &mut W,
-    reader_is_program: bool,
-    last: &AtomicU64,
-    epoch: Instant,
-    bytes: &AtomicU64,
-) -> Result<(), Side>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF];
-    let (rside, wside) =
-        if reader_is_program { (Side::Program, Side::Upstream) } else { (Side::Upstream, Side::Program) };
-    let (rerr, werr) = (|_: io::Error| rside, |_: io::Error| wside);
-    loop {
-        let n = r.read(&mut buf).await.map_err(rerr)?;
-        if n == 0 {
-            w.shutdown().await.map_err(werr)?;
-            return Ok(());
+struct Flow<'a> {
+    program: &'a mut SmolStream,
+    upstream: &'a TcpStream,
+    stats: &'a Stats,
+    /// The program sent FIN and it was passed on.
+    up_done: bool,
+    /// The upstream sent FIN and it was passed on.
+    down_done: bool,
+    progressed: bool,
+}
+
+impl Flow<'_> {
+    /// Program → upstream. Ready(Some(end)) when the flow must stop.
+    fn upward(&mut self, cx: &mut Context<'_>) -> Option<End> {
+        while !self.up_done {
+            match self.upstream.poll_write_ready(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(Err(_)) => return Some(End::UpstreamReset),
+                Poll::Ready(Ok(())) => {}
+            }
+            let shared = self.program.shared.clone();
+            let mut st = shared.lock();
+            let s = st.socket(self.program.handle);
+            if !s.can_recv() && s.may_recv() {
+                s.register_recv_waker(cx.waker());
+                return None;
+            }
+            let up = self.upstream;
+            // With nothing to read, recv reports FIN or reset without calling us.
+            let r = s.recv(|data| match up.try_write(data) {
+                Ok(n) => (n, Io::Moved(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Io::WouldBlock),
+                Err(_) => (0, Io::Failed),
+            });
+            match r {
+                Ok(Io::Moved(n)) => {
+                    drop(st);
+                    self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                    self.progressed = true;
+                    shared.notify.notify_one(); // window update
+                }
+                Ok(Io::WouldBlock) => {}
+                Ok(Io::Failed | Io::Eof) => return Some(End::UpstreamReset),
+                Err(RecvError::Finished) => {
+                    drop(st);
+                    let _ = socket2::SockRef::from(self.upstream).shutdown(std::net::Shutdown::Write);
+                    self.up_done = true;
+                    self.progressed = true;
+                }
+                Err(RecvError::InvalidState) => return Some(End::ProgramReset),
+            }
         }
-        w.write_all(&buf[..n]).await.map_err(werr)?;
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        None
     }
+
+    /// Upstream → program.
+    fn downward(&mut self, cx: &mut Context<'_>) -> Option<End> {
+        while !self.down_done {
+            let shared = self.program.shared.clone();
+            {
+                let mut st = shared.lock();
+                let s = st.socket(self.program.handle);
+                if !s.may_send() {
+                    // We have not closed our side, so the program reset it.
+                    return Some(End::ProgramReset);
+                }
+                if !s.can_send() {
+                    s.register_send_waker(cx.waker());
+                    return None;
+                }
+            }
+            match self.upstream.poll_read_ready(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(Err(_)) => return Some(End::UpstreamReset),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut st = shared.lock();
+            let s = st.socket(self.program.handle);
+            let up = self.upstream;
+            let r = s.send(|buf| match up.try_read(buf) {
+                Ok(0) => (0, Io::Eof),
+                Ok(n) => (n, Io::Moved(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Io::WouldBlock),
+                Err(_) => (0, Io::Failed),
+            });
+            match r {
+                Ok(Io::Moved(n)) => {
+                    drop(st);
+                    self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                    self.progressed = true;
+                    shared.notify.notify_one(); // data to transmit
+                }
+                Ok(Io::WouldBlock) => {}
+                Ok(Io::Eof) => {
+                    s.close();
+                    drop(st);
+                    self.down_done = true;
+                    self.progressed = true;
+                    shared.notify.notify_one();
+                }
+                Ok(Io::Failed) => return Some(End::UpstreamReset),
+                Err(_) => return Some(End::ProgramReset),
+            }
+        }
+        None
+    }
+}
+
+/// Queues `data` (bytes the proxy sent right after its reply) for the
+/// program; false if the program's connection is gone.
+async fn send_leftover(program: &mut SmolStream, data: &[u8]) -> bool {
+    use tokio::io::AsyncWriteExt;
+    program.write_all(data).await.is_ok()
 }
 
 pub async fn relay(
     mut program: SmolStream,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     leftover: Vec<u8>,
     idle: Duration,
     stats: &Arc<Stats>,
 ) -> End {
-    if !leftover.is_empty() && program.write_all(&leftover).await.is_err() {
+    if !leftover.is_empty() && !send_leftover(&mut program, &leftover).await {
         let _ = upstream.set_zero_linger();
         return End::ProgramReset;
     }
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
-    let result = {
-        let (mut pr, mut pw) = tokio::io::split(&mut program);
-        let (mut ur, mut uw) = upstream.split();
-        let up = pump(&mut pr, &mut uw, true, &last, epoch, &stats.bytes_up);
-        let down = pump(&mut ur, &mut pw, false, &last, epoch, &stats.bytes_down);
-        let both = async { tokio::try_join!(up, down) };
-        let watchdog = async {
-            loop {
-                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if quiet >= idle {
-                    return;
-                }
-                tokio::time::sleep(idle - quiet).await;
-            }
+    let end = {
+        let mut flow = Flow {
+            program: &mut program,
+            upstream: &upstream,
+            stats,
+            up_done: false,
+            down_done: false,
+            progressed: false,
         };
-        tokio::select! {
-            r = both => Some(r),
-            _ = watchdog => None,
-        }
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        std::future::poll_fn(|cx| {
+            flow.progressed = false;
+            if let Some(end) = flow.upward(cx).or_else(|| flow.downward(cx)) {
+                return Poll::Ready(end);
+            }
+            if flow.up_done && flow.down_done {
+                return Poll::Ready(End::Closed);
+            }
+            if flow.progressed {
+                sleep.as_mut().reset(Instant::now() + idle);
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(End::Idle),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     };
-    match result {
-        Some(Ok(_)) => End::Closed,
-        Some(Err(Side::Program)) => {
+    match end {
+        End::Closed => {}
+        End::ProgramReset => {
             let _ = upstream.set_zero_linger();
-            End::ProgramReset
         }
-        Some(Err(Side::Upstream)) => {
-            program.abort_on_drop();
-            End::UpstreamReset
-        }
-        None => {
+        End::UpstreamReset => program.abort_on_drop(),
+        End::Idle => {
             let _ = upstream.set_zero_linger();
             program.abort_on_drop();
-            End::Idle
         }
     }
+    end
 }

@@ -125,7 +125,7 @@ impl Stack {
         let tx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_nagle_enabled(false);
-        s.set_ack_delay(None);
+        s.set_ack_delay(Some(Duration::from_millis(1)));
         let ep = IpListenEndpoint { addr: Some(key.1.ip().into()), port: key.1.port() };
         if s.listen(ep).is_err() {
             self.dev.push(syn);
