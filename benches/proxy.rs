@@ -149,6 +149,17 @@ struct Client {
     socks: Option<nsproxy::proxy::Upstream>,
 }
 
+/// One small request and its 40-byte response.
+async fn request(s: &mut TcpStream, buf: &mut [u8; 256]) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").await.expect("write");
+    let mut got = 0;
+    while got < 40 {
+        let n = s.read(&mut buf[got..]).await.expect("read");
+        assert!(n > 0, "closed");
+        got += n;
+    }
+}
+
 fn pct(v: &mut [u64], p: f64) -> u64 {
     v.sort_unstable();
     v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
@@ -209,13 +220,7 @@ impl Client {
         let mut v = Vec::with_capacity(count);
         for i in 0..count + 100 {
             let t = Instant::now();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").await.expect("write");
-            let mut got = 0;
-            while got < 40 {
-                let n = s.read(&mut buf[got..]).await.expect("read");
-                assert!(n > 0, "closed");
-                got += n;
-            }
+            request(&mut s, &mut buf).await;
             if i >= 100 {
                 v.push(t.elapsed().as_micros() as u64);
             }
@@ -236,13 +241,7 @@ impl Client {
                     while start.elapsed() < dur {
                         let t = Instant::now();
                         let mut s = me.connect(HTTP).await;
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n").await.expect("write");
-                        let mut got = 0;
-                        while got < 40 {
-                            let n = s.read(&mut buf[got..]).await.expect("read");
-                            assert!(n > 0, "closed");
-                            got += n;
-                        }
+                        request(&mut s, &mut buf).await;
                         v.push(t.elapsed().as_micros() as u64);
                     }
                     v

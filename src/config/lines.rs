@@ -115,37 +115,20 @@ impl LineIndex {
 
 /// The key of a `key: value` or `key:` line, unquoted.
 fn key_of(s: &str) -> Option<String> {
-    let (key, _) = if let Some(q) = s.strip_prefix('"') {
-        let end = q.find('"')?;
-        let after = &q[end + 1..];
-        if after.starts_with(':') {
-            (q[..end].to_string(), ())
-        } else {
-            return None;
+    for quote in ['"', '\''] {
+        if let Some(q) = s.strip_prefix(quote) {
+            let end = q.find(quote)?;
+            return q[end + 1..].starts_with(':').then(|| q[..end].to_string());
         }
-    } else if let Some(q) = s.strip_prefix('\'') {
-        let end = q.find('\'')?;
-        let after = &q[end + 1..];
-        if after.starts_with(':') {
-            (q[..end].to_string(), ())
-        } else {
-            return None;
+    }
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b':' if s.as_bytes().get(i + 1).is_none_or(|&n| n == b' ') => return Some(s[..i].trim_end().to_string()),
+            b'#' | b'{' | b'[' => return None,
+            _ => {}
         }
-    } else {
-        let bytes = s.as_bytes();
-        let mut found = None;
-        for i in 0..bytes.len() {
-            if bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ') {
-                found = Some(i);
-                break;
-            }
-            if bytes[i] == b'#' || bytes[i] == b'{' || bytes[i] == b'[' {
-                return None;
-            }
-        }
-        (s[..found?].trim_end().to_string(), ())
-    };
-    Some(key)
+    }
+    None
 }
 
 #[cfg(test)]

@@ -153,20 +153,29 @@ pub(crate) mod tests {
     use super::*;
     use smoltcp::wire::{IpAddress, TcpControl, TcpRepr, TcpSeqNumber};
 
-    pub fn tcp_v4(src: SocketAddrV4, dst: SocketAddrV4, control: TcpControl, ack: bool) -> Vec<u8> {
+    /// An IPv4 TCP segment (checksums filled), for tests of the
+    /// classifier and the stack.
+    pub fn tcp_segment(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        control: TcpControl,
+        seq: u32,
+        ack: Option<u32>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: src.port(),
             dst_port: dst.port(),
             control,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: if ack { Some(TcpSeqNumber(1)) } else { None },
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
             window_len: 65535,
             window_scale: None,
-            max_seg_size: Some(1460),
+            max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
             sack_permitted: false,
             sack_ranges: [None, None, None],
             timestamp: None,
-            payload: &[],
+            payload,
         };
         let ip = Ipv4Repr {
             src_addr: *src.ip(),
@@ -182,6 +191,10 @@ pub(crate) mod tests {
         let mut t = TcpPacket::new_unchecked(pkt.payload_mut());
         tcp.emit(&mut t, &IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(*dst.ip()), &caps);
         buf
+    }
+
+    fn tcp_v4(src: SocketAddrV4, dst: SocketAddrV4, control: TcpControl, ack: bool) -> Vec<u8> {
+        tcp_segment(src, dst, control, 1000, ack.then_some(1), &[])
     }
 
     fn a(s: &str) -> SocketAddrV4 {

@@ -212,8 +212,7 @@ mod tests {
     //! The stack driven through an in-memory device: segments built with
     //! `smoltcp::wire`, time from the stack's own monotonic clock.
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{Ipv4Packet, TcpControl, TcpPacket};
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::sync::Arc;
 
@@ -234,34 +233,7 @@ mod tests {
     const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 443);
 
     fn seg(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: CLIENT.port(),
-            dst_port: SERVER.port(),
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-            window_len: 65535,
-            window_scale: None,
-            max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: *CLIENT.ip(),
-            dst_addr: *SERVER.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.emit(&mut p, &caps);
-        let mut t = TcpPacket::new_unchecked(p.payload_mut());
-        tcp.emit(&mut t, &(*CLIENT.ip()).into(), &(*SERVER.ip()).into(), &caps);
-        buf
+        crate::engine::packet::tests::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
     }
 
     /// (rst, syn, ack, seq, ack_number, payload) of an emitted segment.
