@@ -56,7 +56,14 @@ pub fn policy_check(path: &Path) -> ExitCode {
     }
 }
 
-pub fn up(policy: &Path, account: &str, foreground: bool) -> anyhow::Result<()> {
+/// How the daemon started by `up` logs: the `--log-level` and
+/// `--log-format` given to `up`.
+pub struct DaemonLog<'a> {
+    pub level: Option<&'a str>,
+    pub json: bool,
+}
+
+pub fn up(policy: &Path, account: &str, foreground: bool, daemon_log: DaemonLog<'_>) -> anyhow::Result<()> {
     require_root("up")?;
     let a = config::load_account(policy, account)?;
     let rd = RunDir::new(account);
@@ -98,8 +105,11 @@ pub fn up(policy: &Path, account: &str, foreground: bool) -> anyhow::Result<()> 
     let exe = std::env::current_exe().context("cannot find the nsproxy binary")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("daemon").arg(account).arg("--policies").arg(policy).arg("--ready-fd").arg(wfd.to_string());
-    if let Ok(l) = std::env::var("NSPROXY_LOG") {
+    if let Some(l) = daemon_log.level {
         cmd.arg("--log-level").arg(l);
+    }
+    if daemon_log.json {
+        cmd.arg("--log-format").arg("json");
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("log")?).stderr(log).process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("account {account}: cannot start the daemon"))?;

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     let is_daemon = matches!(cli.command, Command::Daemon { .. } | Command::Up { foreground: true, .. });
     init_logging(cli.log_level.as_deref(), cli.log_format, if is_daemon { "info" } else { "warn" });
     let res = match &cli.command {
-        Command::Up { account, foreground } => commands::up(&cli.policies, account, *foreground),
+        Command::Up { account, foreground } => {
+            let log = commands::DaemonLog { level: cli.log_level.as_deref(), json: cli.log_format == LogFormat::Json };
+            commands::up(&cli.policies, account, *foreground, log)
+        }
         Command::Down { account, kill } => commands::down(&cli.policies, account, *kill),
         Command::Status { account, json } => commands::status(&cli.policies, account.as_deref(), *json),
         Command::List { json } => commands::list(&cli.policies, *json),
