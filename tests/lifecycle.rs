@@ -235,3 +235,37 @@ fn up_reports_the_daemons_real_error() {
     );
     assert!(!ns_exists(&a.namespace), "a failed up rolls back");
 }
+
+#[test]
+fn exec_on_a_systemd_resolved_host_uses_the_account_resolver() {
+    if !root_or_skip("exec_on_a_systemd_resolved_host_uses_the_account_resolver") {
+        return;
+    }
+    let a = simple_account("rs");
+    a.up();
+    // A private mount namespace that looks like Ubuntu's: /etc/resolv.conf
+    // is a symlink to systemd-resolved's stub file, and the stub's socket
+    // directory exists. The host's own /etc and /run are not touched.
+    let fake = a.dir.join("etc");
+    let script = format!(
+        "set -e; mount --make-rprivate /; mkdir -p {f}; cp -a /etc/. {f}/; mount --bind {f} /etc; \
+         mount -t tmpfs tmpfs /run/systemd 2>/dev/null || {{ mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd; }}; \
+         mkdir -p /run/systemd/resolve; echo 'nameserver 127.0.0.53' > /run/systemd/resolve/stub-resolv.conf; \
+         touch /run/systemd/resolve/io.systemd.Resolve; \
+         rm -f /etc/resolv.conf; ln -s ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf; \
+         cat /etc/resolv.conf; \
+         {bin} --policies {p} exec {n} --user {u} -- sh -c 'cat /etc/resolv.conf; ls -A /run/systemd/resolve'",
+        f = fake.display(),
+        bin = BIN,
+        p = a.policy.display(),
+        n = a.name,
+        u = TEST_USER
+    );
+    let o = std::process::Command::new("unshare").args(["-m", "sh", "-c", &script]).output().expect("unshare");
+    let text = out(&o);
+    assert!(o.status.success(), "{text}{}", err(&o));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.first().copied(), Some("nameserver 127.0.0.53"), "the fake host uses the stub: {text}");
+    assert!(lines.contains(&"nameserver 198.18.0.2"), "inside, the account's resolver: {text}");
+    assert!(!lines.iter().skip(1).any(|l| l.contains("127.0.0.53") || l.contains("io.systemd.Resolve")), "{text}");
+}
