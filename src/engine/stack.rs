@@ -41,6 +41,9 @@ pub struct Stack {
     pub dev: TunDevice<Box<dyn Sink + Send>>,
     flows: HashMap<FlowKey, Flow>,
     socks: HashMap<SocketHandle, SockInfo>,
+    /// Sockets whose adapter is gone, waiting to close: the only ones
+    /// `reap` looks at, so its cost does not grow with open flows.
+    detached: Vec<SocketHandle>,
     epoch: std::time::Instant,
     buf_size: usize,
     pending: usize,
@@ -72,6 +75,7 @@ impl Stack {
             dev,
             flows: HashMap::new(),
             socks: HashMap::new(),
+            detached: Vec::new(),
             epoch,
             buf_size,
             pending: 0,
@@ -152,6 +156,9 @@ impl Stack {
     pub fn detach(&mut self, h: SocketHandle, abort: bool) {
         let now = self.now();
         if let Some(info) = self.socks.get_mut(&h) {
+            if info.detached_at.is_none() {
+                self.detached.push(h);
+            }
             info.detached_at = Some(now);
             let s = self.sockets.get_mut::<tcp::Socket>(h);
             if abort { s.abort() } else { s.close() }
@@ -160,27 +167,29 @@ impl Stack {
 
     /// Removes detached sockets that are closed, in TIME-WAIT, or lingered.
     pub fn reap(&mut self) -> usize {
+        if self.detached.is_empty() {
+            return 0;
+        }
         let now = self.now();
-        let done: Vec<SocketHandle> = self
-            .socks
-            .iter()
-            .filter(|(h, i)| {
-                i.detached_at.is_some_and(|t| {
-                    let st = self.sockets.get::<tcp::Socket>(**h).state();
-                    matches!(st, tcp::State::Closed | tcp::State::TimeWait) || now - t > LINGER
-                })
+        let (socks, sockets) = (&self.socks, &self.sockets);
+        let (done, waiting): (Vec<SocketHandle>, Vec<SocketHandle>) = self.detached.iter().partition(|h| {
+            socks.get(h).and_then(|i| i.detached_at).is_none_or(|t| {
+                let st = sockets.get::<tcp::Socket>(**h).state();
+                matches!(st, tcp::State::Closed | tcp::State::TimeWait) || now - t > LINGER
             })
-            .map(|(h, _)| *h)
-            .collect();
+        });
+        self.detached = waiting;
+        let mut reaped = 0;
         for h in &done {
-            if let Some(info) = self.socks.remove(h)
-                && self.flows.get(&info.key) == Some(&Flow::Open(*h))
-            {
+            // Only handles this stack still knows; a slot is removed once.
+            let Some(info) = self.socks.remove(h) else { continue };
+            if self.flows.get(&info.key) == Some(&Flow::Open(*h)) {
                 self.flows.remove(&info.key);
             }
             self.sockets.remove(*h);
+            reaped += 1;
         }
-        done.len()
+        reaped
     }
 }
 
