@@ -37,6 +37,18 @@ enum Io {
     Failed,
 }
 
+/// What one non-blocking upstream read or write did, as (bytes the stack
+/// should consume or commit, outcome). A read of 0 bytes is the upstream's
+/// FIN.
+fn io_outcome(r: io::Result<usize>, reading: bool) -> (usize, Io) {
+    match r {
+        Ok(0) if reading => (0, Io::Eof),
+        Ok(n) => (n, Io::Moved(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Io::WouldBlock),
+        Err(_) => (0, Io::Failed),
+    }
+}
+
 struct Flow<'a> {
     program: &'a mut SmolStream,
     upstream: &'a TcpStream,
@@ -66,11 +78,7 @@ impl Flow<'_> {
             }
             let up = self.upstream;
             // With nothing to read, recv reports FIN or reset without calling us.
-            let r = s.recv(|data| match up.try_write(data) {
-                Ok(n) => (n, Io::Moved(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Io::WouldBlock),
-                Err(_) => (0, Io::Failed),
-            });
+            let r = s.recv(|data| io_outcome(up.try_write(data), false));
             match r {
                 Ok(Io::Moved(n)) => {
                     drop(st);
@@ -116,12 +124,7 @@ impl Flow<'_> {
             let mut st = shared.lock();
             let s = st.socket(self.program.handle);
             let up = self.upstream;
-            let r = s.send(|buf| match up.try_read(buf) {
-                Ok(0) => (0, Io::Eof),
-                Ok(n) => (n, Io::Moved(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Io::WouldBlock),
-                Err(_) => (0, Io::Failed),
-            });
+            let r = s.send(|buf| io_outcome(up.try_read(buf), true));
             match r {
                 Ok(Io::Moved(n)) => {
                     drop(st);
