@@ -269,6 +269,8 @@ pub struct AccountStatus {
     pub programs: usize,
     pub proxy: Option<String>,
     pub policy: Option<String>,
+    /// The daemon's counters (flows, bytes, DNS), when it is running.
+    pub stats: Option<crate::engine::stats::Snapshot>,
 }
 
 fn account_status(account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
@@ -303,6 +305,11 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
             .as_ref()
             .map(|s| s.policy.display().to_string())
             .or_else(|| from_policy.map(|a| a.origin.file.display().to_string())),
+        stats: if running {
+            std::fs::read(rd.dir.join("stats.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        } else {
+            None
+        },
         namespace,
     }
 }
@@ -350,6 +357,18 @@ pub fn status(policy: &Path, account: Option<&str>, json: bool) -> anyhow::Resul
         println!("  programs:  {}", s.programs);
         println!("  proxy:     {}", s.proxy.as_deref().unwrap_or("-"));
         println!("  policy:    {}", s.policy.as_deref().unwrap_or("-"));
+        if let Some(st) = &s.stats {
+            println!(
+                "  flows:     {} active, {} connecting, {} opened, refused: {} by the proxy, {} by limits, {} stale fake IP",
+                st.flows_active,
+                st.flows_pending,
+                st.flows_opened,
+                st.flows_refused_proxy,
+                st.flows_refused_limit,
+                st.flows_refused_unknown_fake_ip
+            );
+            println!("  bytes:     {} up, {} down; DNS queries: {}", st.bytes_up, st.bytes_down, st.dns_queries);
+        }
     }
     Ok(())
 }

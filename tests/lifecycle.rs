@@ -58,6 +58,12 @@ fn namespace_has_only_lo_and_tun_and_its_own_resolver() {
         serde_json::from_str(&out(&a.cmd(&["status", &a.name, "--json"]))).expect("status json");
     assert_eq!(st[0]["state"], "up", "{st}");
     assert_eq!(st[0]["tun_present"], true);
+    wait_until("the daemon's counters in status", Duration::from_secs(3), || {
+        let st: serde_json::Value = serde_json::from_str(&out(&a.cmd(&["status", &a.name, "--json"]))).expect("json");
+        st[0]["stats"]["flows_active"] == 0
+    });
+    let text = out(&a.cmd(&["status", &a.name]));
+    assert!(text.contains("flows:") && text.contains("bytes:"), "{text}");
     assert!(a.down().status.success());
     nothing_left(&a);
     // down again: safe to repeat.
@@ -119,6 +125,16 @@ fn exec_errors_are_clear() {
     assert!(err(&o).contains("no user to run as"), "{}", err(&o));
     let o = a.cmd(&["exec", &a.name, "--user", "root", "--", "true"]);
     assert!(err(&o).contains("refusing to run as root"), "{}", err(&o));
+    // Without --user, the program runs as the sudo caller.
+    let uid = must(&format!("id -u {TEST_USER}"));
+    let o = std::process::Command::new(BIN)
+        .env("SUDO_UID", uid.trim())
+        .arg("--policies")
+        .arg(&a.policy)
+        .args(["exec", &a.name, "--", "id", "-u"])
+        .output()
+        .expect("exec");
+    assert_eq!(out(&o).trim(), uid.trim(), "runs as the sudo caller: {}", err(&o));
     // A sudo caller cannot pick somebody else.
     let o = std::process::Command::new(BIN)
         .env("SUDO_UID", must(&format!("id -u {OTHER_USER}")).trim())
