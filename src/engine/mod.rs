@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod device;
 pub mod forward;
 pub mod packet;
+pub mod ratelog;
 pub mod relay;
 pub mod stack;
 pub mod stats;
@@ -117,6 +118,16 @@ struct Ctx {
     tun: TunRef,
     /// `ipv6: proxy`: IPv6 packets are handled, not dropped.
     ipv6: bool,
+    /// Refusal warnings, at most one per reason per second.
+    ratelog: Mutex<ratelog::RateLog>,
+}
+
+impl Ctx {
+    /// Whether a warning for `reason` may be logged now, and how many were
+    /// suppressed since the last one.
+    fn may_log(&self, reason: &str) -> Option<u64> {
+        self.ratelog.lock().unwrap_or_else(|e| e.into_inner()).allow(reason, std::time::Instant::now())
+    }
 }
 
 enum Event {
@@ -168,6 +179,7 @@ pub async fn run(
         },
         tun: tun.clone(),
         ipv6: account.ipv6 == crate::config::Ipv6Mode::Proxy,
+        ratelog: Mutex::new(ratelog::RateLog::new(Duration::from_secs(1))),
     });
     let publisher = tokio::spawn(publish_stats(ctx.clone(), rundir.clone()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -268,7 +280,9 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
     let (open, pending) = st.counts();
     if open + pending >= ctx.max_flows || pending >= ctx.max_half_open {
         ctx.stats.flows_refused_limit.fetch_add(1, Relaxed);
-        tracing::warn!(account = %ctx.account, dst = %key.1, open, pending, "flow refused: flow limit reached");
+        if let Some(suppressed) = ctx.may_log("limit") {
+            tracing::warn!(account = %ctx.account, dst = %key.1, open, pending, suppressed, "flow refused: flow limit reached");
+        }
         st.refuse(key, pkt.to_vec());
         return;
     }
@@ -288,7 +302,9 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
             None => {
                 drop(dns);
                 ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
-                tracing::warn!(account = %ctx.account, dst = %dst, "flow refused: fake IP with no name (stale DNS answer?)");
+                if let Some(suppressed) = ctx.may_log("fake-ip") {
+                    tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: fake IP with no name (stale DNS answer?)");
+                }
                 st.refuse(key, pkt.to_vec());
                 return;
             }
@@ -303,7 +319,10 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
             Ok(c) => Event::Ready(key, syn, c),
             Err(e) => {
                 ctx.stats.flows_refused_proxy.fetch_add(1, Relaxed);
-                tracing::warn!(account = %ctx.account, target = %target, error = %e, "flow refused");
+                // The same failure repeated collapses; different ones all show.
+                if let Some(suppressed) = ctx.may_log(&e.to_string()) {
+                    tracing::warn!(account = %ctx.account, target = %target, error = %e, suppressed, "flow refused");
+                }
                 Event::Failed(key, syn)
             }
         };
