@@ -94,11 +94,18 @@ impl DnsServer {
         }
     }
 
-    /// The answer to a DNS message (None: nothing to answer).
-    async fn answer(&self, msg: &[u8]) -> Option<Vec<u8>> {
+    /// The answer to a DNS message (None: nothing to answer). Over UDP a
+    /// forwarded answer larger than the client accepts is truncated (TC),
+    /// so the client retries over TCP; fake-IP answers always fit.
+    async fn answer(&self, msg: &[u8], udp: bool) -> Option<Vec<u8>> {
+        use crate::dns::message::{fit_udp, udp_limit};
         match self {
             DnsServer::FakeIp(m) => m.lock().unwrap_or_else(|e| e.into_inner()).answer(msg),
             DnsServer::Forward(f) => match crate::dns::query_or_error(msg) {
+                Ok(q) if udp => {
+                    let r = f.resolve(q.clone(), msg).await;
+                    Some(fit_udp(&r, &q, udp_limit(msg)))
+                }
                 Ok(q) => Some(f.resolve(q, msg).await),
                 Err(reply) => reply,
             },
@@ -143,11 +150,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let name = account.name.clone();
-    let mut pool: Vec<(usize, &crate::config::ProxyEntry)> =
-        account.proxies.iter().enumerate().filter(|(_, p)| p.enabled).collect();
-    pool.sort_by_key(|(_, p)| p.priority);
-    let Some(&(idx, best)) = pool.first() else { anyhow::bail!("account {name}: no enabled proxy") };
-    let upstream = Upstream { entry: best.clone(), password: creds.get(idx).cloned().flatten() };
+    let pool = account.usable_proxies();
+    let Some(best) = pool.first() else { anyhow::bail!("account {name}: no enabled proxy") };
+    // Credentials are in policy order; labels are unique within an account.
+    let idx = account.proxies.iter().position(|p| p.label == best.label);
+    let upstream = Upstream { entry: (*best).clone(), password: idx.and_then(|i| creds.get(i).cloned().flatten()) };
     if pool.len() > 1 {
         tracing::warn!(account = %name, proxy = %upstream.name(), standby = pool.len() - 1,
             "pool failover is not implemented yet: every flow uses the best-priority proxy");
@@ -160,7 +167,6 @@ pub async fn run(
     let stack =
         Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), mtu, account.limits.socket_buffer as usize);
     let shared = Arc::new(Shared::new(stack));
-    let stats = Arc::new(Stats::default());
     let upstream_for_dns = upstream.clone();
     let ctx = Arc::new(Ctx {
         account: name.clone(),
@@ -168,7 +174,7 @@ pub async fn run(
         idle: account.limits.idle_timeout,
         max_flows: account.limits.max_flows as usize,
         max_half_open: account.limits.max_half_open as usize,
-        stats: stats.clone(),
+        stats: Arc::new(Stats::default()),
         shared: shared.clone(),
         dns: match (account.dns.mode, account.dns.resolver) {
             (DnsMode::Tcp, Some(resolver)) => {
@@ -212,7 +218,7 @@ pub async fn run(
                 for _ in 0..256 {
                     match g.try_io(|f| nix::unistd::read(f.get_ref(), &mut buf).map_err(std::io::Error::from)) {
                         Ok(Ok(0)) => break,
-                        Ok(Ok(n)) => ingress(&ctx, &tun, &tx, &buf[..n]),
+                        Ok(Ok(n)) => ingress(&ctx, &tx, &buf[..n]),
                         Ok(Err(e)) => { tracing::warn!(account = %name, error = %e, "TUN read failed"); break }
                         Err(_would_block) => break,
                     }
@@ -228,7 +234,7 @@ pub async fn run(
     Ok(())
 }
 
-fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
+fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
     match packet::classify(pkt, ctx.ipv6) {
         Class::TcpSyn { src, dst } => on_syn(ctx, tx, (src, dst), pkt),
         c @ (Class::Tcp | Class::Udp) => {
@@ -243,17 +249,13 @@ fn ingress(ctx: &Arc<Ctx>, tun: &TunRef, tx: &mpsc::UnboundedSender<Event>, pkt:
             ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(mut fake) = ctx.dns.fake() {
                 if let Some(out) = fake.answer(payload).and_then(|r| packet::udp_packet(dst, src, &r)) {
-                    let _ = nix::unistd::write(tun.as_fd(), &out);
+                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
                 }
                 return;
             }
             let (ctx, query) = (ctx.clone(), payload.to_vec());
             tokio::spawn(async move {
-                let Some(r) = ctx.dns.answer(&query).await else { return };
-                let r = match crate::dns::message::parse_query(&query) {
-                    Ok(q) => crate::dns::message::fit_udp(&r, &q, crate::dns::message::udp_limit(&query)),
-                    Err(_) => r,
-                };
+                let Some(r) = ctx.dns.answer(&query, true).await else { return };
                 if let Some(out) = packet::udp_packet(dst, src, &r) {
                     let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
                 }
@@ -366,7 +368,7 @@ async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
             break;
         }
         ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(r) = ctx.dns.answer(&msg[..n]).await else { break };
+        let Some(r) = ctx.dns.answer(&msg[..n], false).await else { break };
         let mut out = (r.len() as u16).to_be_bytes().to_vec();
         out.extend_from_slice(&r);
         if s.write_all(&out).await.is_err() {
