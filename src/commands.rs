@@ -306,7 +306,7 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
             .map(|s| s.policy.display().to_string())
             .or_else(|| from_policy.map(|a| a.origin.file.display().to_string())),
         stats: if running {
-            std::fs::read(rd.dir.join("stats.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+            std::fs::read(rd.stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok())
         } else {
             None
         },

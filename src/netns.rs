@@ -52,7 +52,7 @@ pub fn exists(name: &str) -> bool {
 /// Serialises namespace creation and removal between nsproxy processes
 /// (netns-rs turns /run/netns into a shared mount point on first use).
 fn global_lock() -> Result<Flock<File>, String> {
-    fs::create_dir_all(crate::rundir::RUN_ROOT).map_err(|e| e.to_string())?;
+    crate::rundir::ensure_run_root().map_err(|e| e.to_string())?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)

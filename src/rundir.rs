@@ -50,6 +50,11 @@ pub struct RunDir {
     pub dir: PathBuf,
 }
 
+/// `/run/nsproxy` itself, with the same checks as every directory under it.
+pub fn ensure_run_root() -> Result<(), RunDirError> {
+    ensure_dir(Path::new(RUN_ROOT), 0o755)
+}
+
 /// Creates `path` with `mode` if missing; refuses symlinks and directories
 /// not owned by root.
 fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
@@ -75,7 +80,7 @@ impl RunDir {
     }
 
     pub fn create(&self) -> Result<(), RunDirError> {
-        ensure_dir(Path::new(RUN_ROOT), 0o755)?;
+        ensure_run_root()?;
         ensure_dir(&self.dir, 0o700)
     }
 
@@ -90,6 +95,14 @@ impl RunDir {
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("daemon.log")
+    }
+    /// The daemon's counters, refreshed while it runs.
+    pub fn stats_path(&self) -> PathBuf {
+        self.dir.join("stats.json")
+    }
+    /// The fake-IP table's append-only log.
+    pub fn fakeip_path(&self) -> PathBuf {
+        self.dir.join("fakeip.txt")
     }
 
     fn open_lock(&self) -> Result<File, RunDirError> {

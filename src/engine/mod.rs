@@ -53,7 +53,7 @@ struct FakeDns {
 
 impl FakeDns {
     fn open(rundir: &RunDir, account: &str) -> FakeDns {
-        let path = rundir.dir.join("fakeip.txt");
+        let path = rundir.fakeip_path();
         let (table, bad) = match std::fs::read_to_string(&path) {
             Ok(text) => FakeIpTable::from_text(&text),
             Err(_) => (FakeIpTable::default(), 0),
@@ -381,7 +381,7 @@ async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
 fn write_stats(ctx: &Ctx, rundir: &RunDir, active: usize, pending: usize) {
     let snap = ctx.stats.snapshot(active, pending);
     if let Ok(json) = serde_json::to_vec_pretty(&snap) {
-        let _ = crate::rundir::write_atomic(&rundir.dir.join("stats.json"), &json, 0o644);
+        let _ = crate::rundir::write_atomic(&rundir.stats_path(), &json, 0o644);
     }
 }
 
