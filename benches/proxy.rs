@@ -126,6 +126,7 @@ async fn client(args: &[String]) {
                 enabled: true,
                 connect_timeout: Duration::from_secs(10),
                 handshake_timeout: Duration::from_secs(10),
+                expected_egress_ip: None,
             },
             password: Some(nsproxy::secrets::Secret::new(pass)),
         });

@@ -57,7 +57,7 @@ pub fn ensure_run_root() -> Result<(), RunDirError> {
 
 /// Creates `path` with `mode` if missing; refuses symlinks and directories
 /// not owned by root.
-fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
+pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

@@ -49,6 +49,8 @@ pub struct ProxyEntry {
     pub connect_timeout: Duration,
     #[serde(with = "secs")]
     pub handshake_timeout: Duration,
+    /// The egress address this proxy must show; a mismatch marks it unhealthy.
+    pub expected_egress_ip: Option<IpAddr>,
 }
 
 impl ProxyEntry {
@@ -102,10 +104,65 @@ pub struct Limits {
     pub socket_buffer: u32,
 }
 
+/// A plain `http://host[:port]/path` URL, fetched through a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == 80 {
+            write!(f, "http://{host}{}", self.path)
+        } else {
+            write!(f, "http://{host}:{}{}", self.port, self.path)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HealthTarget {
+    /// A TCP connection through the proxy to host:port.
     Tcp { host: String, port: u16 },
-    Http { url: String },
+    /// An HTTP GET through the proxy, expecting a 2xx status.
+    Http(HttpUrl),
+}
+
+impl fmt::Display for HealthTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthTarget::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            HealthTarget::Http(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// How the pool picks and keeps its active proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolPolicy {
+    /// Switch back to a recovered proxy of better priority (default: stay
+    /// on the current one, trading sessions dislike IP changes).
+    pub failback: bool,
+}
+
+/// Where the visible egress address is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressCheck {
+    pub url: HttpUrl,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+/// Where the Prometheus metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -153,6 +210,11 @@ pub struct Account {
     pub mtu: u32,
     pub limits: Limits,
     pub health_check: Option<HealthCheck>,
+    pub pool: PoolPolicy,
+    pub egress_check: Option<EgressCheck>,
+    /// Per-destination overrides, first match wins.
+    pub rules: Vec<crate::rules::Rule>,
+    pub metrics: Option<MetricsListen>,
 }
 
 impl Account {
@@ -161,6 +223,12 @@ impl Account {
         let mut v: Vec<&ProxyEntry> = self.proxies.iter().filter(|p| p.enabled).collect();
         v.sort_by_key(|p| p.priority);
         v
+    }
+
+    /// Consecutive proxy-level failures (flows or health checks) after
+    /// which a proxy is unhealthy.
+    pub fn failure_threshold(&self) -> u32 {
+        self.health_check.as_ref().map(|h| h.failures_before_unhealthy).unwrap_or(3)
     }
 }
 

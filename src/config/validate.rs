@@ -156,8 +156,22 @@ pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
     (accounts, ctx.problems)
 }
 
-const ACCOUNT_KEYS: &[&str] =
-    &["name", "namespace", "exec", "proxies", "dns", "ipv6", "udp", "tun", "limits", "health_check"];
+const ACCOUNT_KEYS: &[&str] = &[
+    "name",
+    "namespace",
+    "exec",
+    "proxies",
+    "dns",
+    "ipv6",
+    "udp",
+    "tun",
+    "limits",
+    "health_check",
+    "pool",
+    "egress_check",
+    "rules",
+    "metrics",
+];
 
 fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
     let m = ctx.mapping(v, path, ACCOUNT_KEYS)?;
@@ -250,13 +264,63 @@ fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
     };
     let limits = limits(ctx, m, path);
     let health_check = match m.get("health_check") {
-        None => None,
+        None => Some(None),
+        Some(v) => health(ctx, v, &path.key("health_check")).map(Some),
+    };
+    let pool = match m.get("pool") {
+        None => Some(PoolPolicy { failback: false }),
         Some(v) => {
-            let p = path.key("health_check");
-            if health(ctx, v, &p).is_some() {
-                ctx.problem(&p, "health checks are not supported yet (they come with proxy pool management)");
-            }
-            None
+            let p = path.key("pool");
+            ctx.mapping(v, &p, &["failback"]).and_then(|pm| {
+                let failback = if pm.contains_key("failback") {
+                    ctx.get::<bool>(pm, "failback", &p, "true or false")
+                } else {
+                    Some(false)
+                };
+                failback.map(|failback| PoolPolicy { failback })
+            })
+        }
+    };
+    let egress_check = match m.get("egress_check") {
+        None => Some(None),
+        Some(v) => {
+            let p = path.key("egress_check");
+            ctx.mapping(v, &p, &["url", "timeout"]).and_then(|em| {
+                let url: Option<String> = ctx.require(em, "url", &p, "an http:// URL that answers with your IP");
+                let url = url.and_then(|u| match parse_http_url(&u) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        ctx.problem(&p.key("url"), e);
+                        None
+                    }
+                });
+                let timeout = ctx.duration(em, "timeout", &p, Duration::from_secs(10));
+                Some(Some(EgressCheck { url: url?, timeout: timeout? }))
+            })
+        }
+    };
+    // Labels as written, so a proxy with another error still counts here.
+    let labels: Vec<String> = match m.get("proxies") {
+        Some(Value::Sequence(seq)) => {
+            seq.iter().filter_map(|p| p.get("label").and_then(Value::as_str).map(str::to_string)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let rules = rules(ctx, m, path, &labels);
+    let metrics = match m.get("metrics") {
+        None => Some(None),
+        Some(v) => {
+            let p = path.key("metrics");
+            ctx.mapping(v, &p, &["listen"]).and_then(|mm| {
+                let l: Option<String> = ctx.require(mm, "listen", &p, "host:port or unix:/path");
+                l.and_then(|l| match parse_metrics_listen(&l) {
+                    Ok(x) => Some(Some(x)),
+                    Err(e) => {
+                        ctx.problem(&p.key("listen"), e);
+                        None
+                    }
+                })
+            })
         }
     };
 
@@ -271,7 +335,11 @@ fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
         udp: udp?,
         mtu: mtu?,
         limits: limits?,
-        health_check,
+        health_check: health_check?,
+        pool: pool?,
+        egress_check: egress_check?,
+        rules: rules?,
+        metrics: metrics?,
     })
 }
 
@@ -286,6 +354,7 @@ const PROXY_KEYS: &[&str] = &[
     "enabled",
     "connect_timeout",
     "handshake_timeout",
+    "expected_egress_ip",
 ];
 
 fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
@@ -356,6 +425,17 @@ fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
         if m.contains_key("enabled") { ctx.get::<bool>(m, "enabled", path, "true or false") } else { Some(true) };
     let connect_timeout = ctx.duration(m, "connect_timeout", path, Duration::from_secs(5));
     let handshake_timeout = ctx.duration(m, "handshake_timeout", path, Duration::from_secs(10));
+    let expected_egress_ip = match ctx.get::<String>(m, "expected_egress_ip", path, "an IP address") {
+        None if m.contains_key("expected_egress_ip") => None,
+        None => Some(None),
+        Some(s) => match s.parse::<IpAddr>() {
+            Ok(ip) => Some(Some(ip)),
+            Err(_) => {
+                ctx.problem(&path.key("expected_egress_ip"), format!("expected an IP address, got {s:?}"));
+                None
+            }
+        },
+    };
     let (scheme, host, port) = parsed?;
     Some(ProxyEntry {
         label: label?,
@@ -368,6 +448,7 @@ fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
         enabled: enabled?,
         connect_timeout: connect_timeout?,
         handshake_timeout: handshake_timeout?,
+        expected_egress_ip: expected_egress_ip?,
     })
 }
 
@@ -473,22 +554,17 @@ fn health(ctx: &mut Ctx, v: &Value, p: &FieldPath) -> Option<HealthCheck> {
     let hm = ctx.mapping(v, p, &["interval", "timeout", "target", "failures_before_unhealthy"])?;
     let interval = ctx.duration(hm, "interval", p, Duration::from_secs(30));
     let timeout = ctx.duration(hm, "timeout", p, Duration::from_secs(5));
-    let target: Option<String> = ctx.require(hm, "target", p, "tcp://host:port or http(s)://host/path");
+    let target: Option<String> = ctx.require(hm, "target", p, "tcp://host:port or http://host/path");
     let target = target.and_then(|t| {
-        if let Some(rest) = t.strip_prefix("tcp://") {
-            match rest.rsplit_once(':').map(|(h, port)| (h, port.parse::<u16>())) {
-                Some((h, Ok(port))) if !h.is_empty() && port > 0 => Some(HealthTarget::Tcp { host: h.into(), port }),
-                _ => {
-                    ctx.problem(&p.key("target"), format!("expected tcp://host:port, got {t:?}"));
-                    None
-                }
+        let parsed = if let Some(rest) = t.strip_prefix("tcp://") {
+            match host_port(rest, None) {
+                Ok((host, port)) => Ok(HealthTarget::Tcp { host, port }),
+                Err(e) => Err(format!("expected tcp://host:port, got {t:?}: {e}")),
             }
-        } else if t.starts_with("http://") || t.starts_with("https://") {
-            Some(HealthTarget::Http { url: t })
         } else {
-            ctx.problem(&p.key("target"), format!("expected tcp://host:port or http(s)://..., got {t:?}"));
-            None
-        }
+            parse_http_url(&t).map(HealthTarget::Http)
+        };
+        parsed.map_err(|e| ctx.problem(&p.key("target"), e)).ok()
     });
     let failures = ctx.ranged(hm, "failures_before_unhealthy", p, 1, 100, 3);
     Some(HealthCheck {
@@ -497,6 +573,154 @@ fn health(ctx: &mut Ctx, v: &Value, p: &FieldPath) -> Option<HealthCheck> {
         target: target?,
         failures_before_unhealthy: failures? as u32,
     })
+}
+
+/// `host:port` (IPv6 in brackets); `default` when the port is omitted.
+fn host_port(s: &str, default: Option<u16>) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(r) = s.strip_prefix('[') {
+        let (h, rest) = r.split_once(']').ok_or("unclosed '['")?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| format!("invalid IPv6 address {h:?}"))?;
+        (h, rest.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() || (!host.contains(':') && !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
+    {
+        return Err(format!("invalid host {host:?}"));
+    }
+    let port = match (port, default) {
+        (Some(p), _) => p.parse::<u16>().ok().filter(|n| *n > 0).ok_or(format!("invalid port {p:?}"))?,
+        (None, Some(d)) => d,
+        (None, None) => return Err("missing port".into()),
+    };
+    Ok((host.to_string(), port))
+}
+
+/// `http://host[:port][/path]`. HTTPS is not fetched (no TLS client yet).
+pub fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
+    if u.starts_with("https://") {
+        return Err(format!("{u:?}: https is not supported here yet; use an http:// URL"));
+    }
+    let rest = u.strip_prefix("http://").ok_or_else(|| format!("expected an http:// URL, got {u:?}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err(format!("{u:?}: credentials in the URL are not accepted"));
+    }
+    if path.chars().any(|c| c.is_ascii_control() || c == ' ') || path.contains('#') {
+        return Err(format!("{u:?}: invalid path"));
+    }
+    let (host, port) = host_port(authority, Some(80)).map_err(|e| format!("{u:?}: {e}"))?;
+    Ok(HttpUrl { host, port, path: path.to_string() })
+}
+
+/// `host:port` (TCP) or `unix:/absolute/path`.
+pub fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        let p = PathBuf::from(p);
+        if !p.is_absolute() {
+            return Err(format!("expected unix:/absolute/path, got {s:?}"));
+        }
+        return Ok(MetricsListen::Unix(p));
+    }
+    s.parse::<SocketAddr>()
+        .map(MetricsListen::Tcp)
+        .map_err(|_| format!("expected ip:port (e.g. 127.0.0.1:9464) or unix:/path, got {s:?}"))
+}
+
+fn rules(ctx: &mut Ctx, m: &Mapping, path: &FieldPath, labels: &[String]) -> Option<Vec<crate::rules::Rule>> {
+    use crate::rules::{Action, Cidr, DomainPattern, Rule, parse_ports};
+    let Some(v) = m.get("rules") else { return Some(Vec::new()) };
+    let p = path.key("rules");
+    let Some(seq) = v.as_sequence() else {
+        ctx.problem(&p, "expected a list of rules");
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, rv) in seq.iter().enumerate() {
+        let rp = p.index(i);
+        let Some(rm) = ctx.mapping(rv, &rp, &["domain", "cidr", "port", "via", "block"]) else {
+            ok = false;
+            continue;
+        };
+        let mut parse = |key: &str, f: &dyn Fn(&str) -> Result<(), String>| -> Option<Option<String>> {
+            let v = rm.get(key)?;
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => {
+                    ctx.problem(&rp.key(key), "expected a string");
+                    return Some(None);
+                }
+            };
+            match f(&s) {
+                Ok(()) => Some(Some(s)),
+                Err(e) => {
+                    ctx.problem(&rp.key(key), e);
+                    Some(None)
+                }
+            }
+        };
+        let domain = parse("domain", &|s| DomainPattern::parse(s).map(|_| ()));
+        let cidr = parse("cidr", &|s| Cidr::parse(s).map(|_| ()));
+        let port = parse("port", &|s| parse_ports(s).map(|_| ()));
+        let via: Option<String> = ctx.get(rm, "via", &rp, "a proxy label of this account");
+        let block: Option<bool> = ctx.get(rm, "block", &rp, "true");
+        if domain.is_none() && cidr.is_none() && port.is_none() {
+            ctx.problem(&rp, "a rule needs at least one of domain, cidr, port");
+            ok = false;
+            continue;
+        }
+        let action = match (via, block) {
+            (Some(l), None) => {
+                if !labels.contains(&l) {
+                    ctx.problem(
+                        &rp.key("via"),
+                        format!("no proxy labelled {l:?} in this account ({})", labels.join(", ")),
+                    );
+                    None
+                } else {
+                    Some(Action::Via(l))
+                }
+            }
+            (None, Some(true)) => Some(Action::Block),
+            (None, Some(false)) => {
+                ctx.problem(&rp.key("block"), "block: false means nothing; give via: LABEL instead");
+                None
+            }
+            (Some(_), Some(_)) => {
+                ctx.problem(&rp, "give either via or block, not both");
+                None
+            }
+            (None, None) if rm.contains_key("via") || rm.contains_key("block") => None,
+            (None, None) => {
+                ctx.problem(&rp, "missing via: LABEL or block: true");
+                None
+            }
+        };
+        let (Some(domain), Some(cidr), Some(port), Some(action)) = (
+            domain.map_or(Some(None), |d| d.map(Some)),
+            cidr.map_or(Some(None), |c| c.map(Some)),
+            port.map_or(Some(None), |x| x.map(Some)),
+            action,
+        ) else {
+            ok = false;
+            continue;
+        };
+        out.push(Rule {
+            domain: domain.and_then(|d| DomainPattern::parse(&d).ok()),
+            cidr: cidr.and_then(|c| Cidr::parse(&c).ok()),
+            ports: port.and_then(|x| parse_ports(&x).ok()),
+            action,
+        });
+    }
+    ok.then_some(out)
 }
 
 /// Account names and namespaces must be unique across every file loaded.

@@ -106,8 +106,88 @@ accounts:
     health_check: {target: 'tcp://h:1'}
 ";
     let errs = parse(text).unwrap_err();
-    assert_eq!(errs.iter().filter(|e| e.contains("not supported yet")).count(), 2, "{errs:#?}");
-    assert!(!errs.iter().any(|e| e.contains("dns")), "dns mode tcp is supported: {errs:#?}");
+    assert_eq!(errs.iter().filter(|e| e.contains("not supported yet")).count(), 1, "{errs:#?}");
+    assert!(!errs.iter().any(|e| e.contains("dns") || e.contains("health")), "supported: {errs:#?}");
+}
+
+const POOL: &str = "\
+accounts:
+  - name: a
+    proxies:
+      - {label: x, url: 'socks5://10.0.0.1:1080', expected_egress_ip: 192.0.2.1}
+      - {label: y, url: 'http://10.0.0.2:3128', priority: 5}
+    health_check: {interval: 2s, timeout: 1s, target: 'http://ip.echo.test:8080/health', failures_before_unhealthy: 2}
+    egress_check: {url: 'http://ip.echo.test/'}
+    pool: {failback: true}
+    metrics: {listen: '127.0.0.1:9464'}
+    rules:
+      - {domain: '*.exchange-a.test', via: x}
+      - {domain: blocked.test, block: true}
+      - {cidr: 10.9.0.0/16, port: 8000-8100, via: y}
+";
+
+#[test]
+fn pool_health_egress_rules_and_metrics() {
+    let a = &parse(POOL).unwrap()[0];
+    assert_eq!(a.proxies[0].expected_egress_ip, Some("192.0.2.1".parse().unwrap()));
+    let h = a.health_check.as_ref().unwrap();
+    assert_eq!(h.interval, Duration::from_secs(2));
+    assert_eq!(h.target.to_string(), "http://ip.echo.test:8080/health");
+    assert_eq!(a.failure_threshold(), 2);
+    assert!(a.pool.failback);
+    let e = a.egress_check.as_ref().unwrap();
+    assert_eq!((e.url.host.as_str(), e.url.port, e.url.path.as_str()), ("ip.echo.test", 80, "/"));
+    assert_eq!(a.metrics, Some(MetricsListen::Tcp("127.0.0.1:9464".parse().unwrap())));
+    let rules: Vec<String> = a.rules.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        rules,
+        vec![
+            "domain *.exchange-a.test -> via x",
+            "domain blocked.test -> block",
+            "cidr 10.9.0.0/16 ports 8000-8100 -> via y"
+        ]
+    );
+    // Defaults.
+    let b = &parse(GOOD).unwrap()[0];
+    assert!(!b.pool.failback && b.rules.is_empty() && b.metrics.is_none() && b.egress_check.is_none());
+    assert_eq!(b.failure_threshold(), 3);
+}
+
+#[test]
+fn bad_pool_fields_name_the_field() {
+    let text = "\
+accounts:
+  - name: a
+    proxies:
+      - {label: x, url: 'socks5://10.0.0.1:1080', expected_egress_ip: 'not-an-ip'}
+    health_check: {target: 'https://secure.test/'}
+    egress_check: {url: 'ftp://x/'}
+    pool: {failback: sometimes, sticky: true}
+    metrics: {listen: '9464'}
+    rules:
+      - {domain: '*.a.test', via: nope}
+      - {domain: 'bad domain', block: true}
+      - {port: 443}
+      - {via: x}
+      - {cidr: 10.0.0.0/40, block: true, via: x}
+";
+    let all = parse(text).unwrap_err().join("\n");
+    for want in [
+        "proxies[0].expected_egress_ip: expected an IP address, got \"not-an-ip\"",
+        "health_check.target: \"https://secure.test/\": https is not supported here yet",
+        "egress_check.url: expected an http:// URL, got \"ftp://x/\"",
+        "pool.failback: expected true or false",
+        "pool.sticky: unknown field",
+        "metrics.listen: expected ip:port",
+        "rules[0].via: no proxy labelled \"nope\" in this account (x)",
+        "rules[1].domain: expected a domain",
+        "rules[2]: missing via: LABEL or block: true",
+        "rules[3]: a rule needs at least one of domain, cidr, port",
+        "rules[4].cidr: expected an address block",
+        "rules[4]: give either via or block, not both",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
 }
 
 #[test]
