@@ -66,6 +66,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Switch the account's active proxy now (checked before it is used).
+    /// Existing flows keep their proxy unless --reset-flows.
+    Rotate {
+        account: String,
+        /// The proxy label to switch to (default: the next usable one by priority).
+        #[arg(long, value_name = "LABEL")]
+        to: Option<String>,
+        /// Mark the proxy being left as burned: never used again (or until --for passes).
+        #[arg(long)]
+        burn: bool,
+        /// With --burn: how long, e.g. 30m, 12h, 7d (default: for good).
+        #[arg(long = "for", value_name = "DURATION", requires = "burn")]
+        burn_for: Option<String>,
+        /// Reset the account's existing connections so programs reconnect through the new proxy.
+        #[arg(long)]
+        reset_flows: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Health-check the active proxy and fetch its egress IP now.
+    Check {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the accounts of the policy and whether they are up.
     List {
         #[arg(long)]

@@ -1,4 +1,4 @@
-//! `up`, `down`, `status`, `list`, `policy check`.
+//! `up`, `down`, `status`, `list`, `rotate`, `check`, `policy check`.
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -256,6 +256,101 @@ pub fn down(policy: &Path, account: &str, kill_programs: bool) -> anyhow::Result
     Ok(())
 }
 
+pub struct RotateArgs {
+    pub to: Option<String>,
+    pub burn: bool,
+    pub burn_for: Option<String>,
+    pub reset_flows: bool,
+}
+
+/// Sends a control request to the account's running daemon.
+fn control(account: &str, req: &crate::control::Request, json: bool) -> anyhow::Result<()> {
+    require_root("rotate/check")?;
+    let rd = RunDir::new(account);
+    if !rd.daemon_alive() {
+        bail!("account {account} is not up (no daemon running): run `nsproxy up {account}` first");
+    }
+    // Long enough for every candidate's checks.
+    let resp = crate::control::call(&rd.ctl_path(), req, Duration::from_secs(180))
+        .map_err(|e| anyhow!("account {account}: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else if resp.ok {
+        println!("{}", resp.message);
+    }
+    if !resp.ok {
+        bail!("{}", resp.message);
+    }
+    Ok(())
+}
+
+pub fn rotate(account: &str, a: RotateArgs, json: bool) -> anyhow::Result<()> {
+    let burn_for_secs = match &a.burn_for {
+        None => None,
+        Some(d) => Some(config::duration::parse(d).map_err(|e| anyhow!("--for {d:?}: {e}"))?.as_secs().max(1)),
+    };
+    let req = crate::control::Request::Rotate { to: a.to, burn: a.burn, burn_for_secs, reset_flows: a.reset_flows };
+    control(account, &req, json)
+}
+
+pub fn check(account: &str, json: bool) -> anyhow::Result<()> {
+    control(account, &crate::control::Request::Check, json)
+}
+
+/// One pool member as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct ProxyStatus {
+    pub label: String,
+    pub endpoint: String,
+    pub priority: u32,
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub record: crate::pool::Record,
+}
+
+/// The pool as saved by the daemon (also shown while the account is down:
+/// burns persist), joined with the policy's members.
+fn pool_status(account: &str, from_policy: Option<&config::Account>) -> (Vec<ProxyStatus>, Option<String>) {
+    let records = match crate::pool::store::Store::new(account).load() {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e.to_string())),
+    };
+    let Some(a) = from_policy else {
+        let v = records
+            .into_iter()
+            .map(|r| ProxyStatus {
+                label: r.label.clone(),
+                endpoint: String::new(),
+                priority: 0,
+                enabled: true,
+                record: r,
+            })
+            .collect();
+        return (v, None);
+    };
+    let v = a
+        .proxies
+        .iter()
+        .map(|p| ProxyStatus {
+            label: p.label.clone(),
+            endpoint: p.endpoint(),
+            priority: p.priority,
+            enabled: p.enabled,
+            record: records.iter().find(|r| r.label == p.label).cloned().unwrap_or(crate::pool::Record {
+                label: p.label.clone(),
+                state: crate::pool::State::Standby,
+                burned_until: None,
+                last_checked_at: None,
+                last_error: None,
+                consecutive_failures: 0,
+                last_egress_ip: None,
+                last_egress_at: None,
+            }),
+        })
+        .collect();
+    (v, None)
+}
+
 #[derive(Debug, Serialize)]
 pub struct AccountStatus {
     pub account: String,
@@ -271,6 +366,12 @@ pub struct AccountStatus {
     pub policy: Option<String>,
     /// The daemon's counters (flows, bytes, DNS), when it is running.
     pub stats: Option<crate::engine::stats::Snapshot>,
+    /// The active proxy's label and its last egress IP.
+    pub active_proxy: Option<String>,
+    pub egress_ip: Option<std::net::IpAddr>,
+    pub pool: Vec<ProxyStatus>,
+    /// The pool state file could not be read.
+    pub pool_error: Option<String>,
 }
 
 fn account_status(account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
@@ -289,7 +390,11 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
         (false, false, _) => "down",
         _ => "degraded",
     };
+    let (pool, pool_error) = pool_status(account, from_policy);
+    let active = pool.iter().find(|p| p.record.state == crate::pool::State::Active);
     AccountStatus {
+        active_proxy: active.map(|p| p.label.clone()),
+        egress_ip: active.and_then(|p| p.record.last_egress_ip),
         account: account.into(),
         state: st,
         daemon_pid: if running { rd.read_pid() } else { None },
@@ -297,10 +402,9 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
         namespace_exists: ns_exists,
         tun_present: tun,
         programs: if ns_exists { netns::pids_in(&namespace).len() } else { 0 },
-        proxy: state
-            .as_ref()
-            .map(|s| s.proxy.clone())
-            .or_else(|| from_policy.and_then(|a| a.usable_proxies().first().map(|p| p.display_name()))),
+        proxy: active
+            .map(|p| format!("{} ({})", p.label, p.endpoint))
+            .or_else(|| state.as_ref().map(|s| s.proxy.clone()).filter(|p| !p.is_empty())),
         policy: state
             .as_ref()
             .map(|s| s.policy.display().to_string())
@@ -311,6 +415,8 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
             None
         },
         namespace,
+        pool,
+        pool_error,
     }
 }
 
@@ -368,9 +474,57 @@ pub fn status(policy: &Path, account: Option<&str>, json: bool) -> anyhow::Resul
                 st.flows_refused_unknown_fake_ip
             );
             println!("  bytes:     {} up, {} down; DNS queries: {}", st.bytes_up, st.bytes_down, st.dns_queries);
+            if st.flows_refused_rule + st.flows_refused_no_proxy > 0 {
+                println!(
+                    "  refused:   {} by rules, {} with no usable proxy",
+                    st.flows_refused_rule, st.flows_refused_no_proxy
+                );
+            }
+        }
+        println!("  egress IP: {}", s.egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+        if let Some(e) = &s.pool_error {
+            println!("  pool:      ERROR {e}");
+        }
+        if !s.pool.is_empty() {
+            println!("  pool:");
+            println!(
+                "    {:<16} {:<10} {:>4}  {:<30} {:<16} {:<12} LAST ERROR",
+                "LABEL", "STATE", "PRIO", "ENDPOINT", "EGRESS IP", "CHECKED"
+            );
+            let now = crate::engine::pool::unix_now();
+            for p in &s.pool {
+                let r = &p.record;
+                let state = match (r.state, r.burned_until, p.enabled) {
+                    (_, _, false) => "disabled".to_string(),
+                    (crate::pool::State::Burned, Some(u), _) => {
+                        format!("burned {}", ago(u.saturating_sub(now), "left"))
+                    }
+                    (st, _, _) => st.to_string(),
+                };
+                println!(
+                    "    {:<16} {:<10} {:>4}  {:<30} {:<16} {:<12} {}",
+                    p.label,
+                    state,
+                    p.priority,
+                    p.endpoint,
+                    r.last_egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    r.last_checked_at.map(|t| ago(now.saturating_sub(t), "ago")).unwrap_or_else(|| "never".into()),
+                    r.last_error.as_deref().unwrap_or("-")
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// `90s ago`, `3h left`.
+fn ago(secs: u64, word: &str) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s {word}"),
+        s if s < 7200 => format!("{}m {word}", s / 60),
+        s if s < 172_800 => format!("{}h {word}", s / 3600),
+        s => format!("{}d {word}", s / 86400),
+    }
 }
 
 pub fn list(policy: &Path, json: bool) -> anyhow::Result<()> {

@@ -5,11 +5,13 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod engine;
 pub mod exec;
 pub mod link;
+pub mod metrics;
 pub mod netns;
 pub mod pool;
 pub mod proxy;

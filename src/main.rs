@@ -36,6 +36,16 @@ fn main() -> ExitCode {
         Command::Down { account, kill } => commands::down(&cli.policies, account, *kill),
         Command::Status { account, json } => commands::status(&cli.policies, account.as_deref(), *json),
         Command::List { json } => commands::list(&cli.policies, *json),
+        Command::Rotate { account, to, burn, burn_for, reset_flows, json } => {
+            let r = commands::RotateArgs {
+                to: to.clone(),
+                burn: *burn,
+                burn_for: burn_for.clone(),
+                reset_flows: *reset_flows,
+            };
+            commands::rotate(account, r, *json)
+        }
+        Command::Check { account, json } => commands::check(account, *json),
         Command::Policy { command: PolicyCommand::Check { path } } => {
             return commands::policy_check(path.as_deref().unwrap_or(&cli.policies));
         }

@@ -100,6 +100,10 @@ impl RunDir {
     pub fn stats_path(&self) -> PathBuf {
         self.dir.join("stats.json")
     }
+    /// The daemon's control socket (rotate, check).
+    pub fn ctl_path(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
     /// The fake-IP table's append-only log.
     pub fn fakeip_path(&self) -> PathBuf {
         self.dir.join("fakeip.txt")

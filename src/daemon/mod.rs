@@ -59,7 +59,7 @@ pub fn run(account_name: &str, policy: &Path, ready_fd: Option<OwnedFd>) -> anyh
 
 struct Started {
     account: Account,
-    creds: Vec<Option<secrets::Secret>>,
+    pool: std::sync::Arc<engine::pool::PoolHandle>,
     rundir: RunDir,
     tun: OwnedFd,
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -84,6 +84,14 @@ fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
         .with_context(|| format!("account {name}"))?
         .ok_or_else(|| anyhow!("account {name}: a daemon is already running (pid {})", rd.read_pid().unwrap_or(0)))?;
     rd.write_pid(std::process::id())?;
+    // The saved pool state (burns): a corrupt file stops the start here.
+    let pool = match engine::pool::PoolHandle::open(&account, creds) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(rd.pid_path());
+            return Err(anyhow!("account {name}: {e}"));
+        }
+    };
 
     let mut rollback = Rollback::default();
     match apply(&account, &mut rollback) {
@@ -95,7 +103,7 @@ fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
                 policy: policy.canonicalize().unwrap_or_else(|_| PathBuf::from(policy)),
                 tun: plan::TUN_NAME.into(),
                 dns: plan::DNS_V4.to_string(),
-                proxy: account.usable_proxies().first().map(|p| p.display_name()).unwrap_or_default(),
+                proxy: pool.active().map(|r| r.upstream.name()).unwrap_or_default(),
                 exec_users: account.exec.users.clone(),
                 exec_groups: account.exec.groups.clone(),
                 started_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -105,7 +113,7 @@ fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
                 rollback.run(name);
                 return Err(e.into());
             }
-            Ok(Started { account, creds, rundir: rd, tun, _lock: lock })
+            Ok(Started { account, pool, rundir: rd, tun, _lock: lock })
         }
         Err(e) => {
             rollback.run(name);
@@ -154,7 +162,7 @@ fn serve(s: Started) -> anyhow::Result<()> {
     let res = rt.block_on(async {
         let shutdown = shutdown_signal();
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
-        engine::run(s.account.clone(), s.creds, s.tun, s.rundir.clone(), shutdown).await
+        engine::run(s.account.clone(), s.pool.clone(), s.tun, s.rundir.clone(), shutdown).await
     });
     tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
     let _ = std::fs::remove_file(s.rundir.pid_path());

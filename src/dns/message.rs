@@ -183,6 +183,22 @@ pub fn min_ttl(msg: &[u8]) -> Option<u32> {
     )
 }
 
+/// The A and AAAA addresses in a response's records (any section).
+pub fn answer_addrs(msg: &[u8]) -> Vec<std::net::IpAddr> {
+    let Some(recs) = records(msg) else { return Vec::new() };
+    recs.iter()
+        .filter_map(|&(t, off)| {
+            let len = u16::from_be_bytes([*msg.get(off + 4)?, *msg.get(off + 5)?]) as usize;
+            let data = msg.get(off + 6..off + 6 + len)?;
+            match (t, len) {
+                (1, 4) => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(data).ok()?)),
+                (28, 16) => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(data).ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// The UDP payload size the client accepts: its EDNS OPT size, else 512.
 pub fn udp_limit(query: &[u8]) -> usize {
     let Some(recs) = records(query) else { return 512 };
@@ -230,6 +246,16 @@ mod tests {
         assert_eq!(&r[r.len() - 4..], &[198, 18, 1, 0]);
         let empty = response(&q, RCODE_NOERROR, &[], 60);
         assert_eq!(&empty[6..8], &[0, 0]);
+    }
+
+    #[test]
+    fn answer_addresses() {
+        let q = parse_query(&build_query(7, "api.exchange.test", TYPE_A)).unwrap();
+        let r = response(&q, RCODE_NOERROR, &[Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)], 60);
+        let want: Vec<std::net::IpAddr> = vec![Ipv4Addr::new(192, 0, 2, 1).into(), Ipv4Addr::new(192, 0, 2, 2).into()];
+        assert_eq!(answer_addrs(&r), want);
+        assert!(answer_addrs(&r[..r.len() - 2]).is_empty(), "truncated record");
+        assert!(answer_addrs(&[1, 2, 3]).is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod fakeip;
 pub mod message;
+pub mod names;
 
 use std::net::Ipv4Addr;
 

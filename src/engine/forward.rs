@@ -1,7 +1,10 @@
 //! DNS mode `tcp`: queries are forwarded as DNS-over-TCP through the
 //! account's proxy to the policy's resolver, over one persistent pipelined
 //! connection (ids rewritten), answers cached by TTL. No DNS packet leaves
-//! the host except inside that proxied connection.
+//! the host except inside that proxied connection. The connection always
+//! goes through the pool's active proxy: after a failover or rotation the
+//! next query opens a new one. The names behind the addresses answered are
+//! remembered for per-domain rules.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,9 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::pool::PoolHandle;
 use crate::dns::cache::{Cache, Key};
 use crate::dns::message::{self, Query, RCODE_SERVFAIL};
-use crate::proxy::{Target, Upstream};
+use crate::dns::names::Names;
+use crate::proxy::Target;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
@@ -27,6 +32,7 @@ struct Req {
 pub struct Forwarder {
     tx: mpsc::Sender<Req>,
     cache: Arc<Mutex<Cache>>,
+    names: Option<Arc<Mutex<Names>>>,
 }
 
 fn servfail(q: &Query) -> Vec<u8> {
@@ -34,17 +40,20 @@ fn servfail(q: &Query) -> Vec<u8> {
 }
 
 impl Forwarder {
-    pub fn start(account: String, upstream: Upstream, resolver: SocketAddr) -> Forwarder {
+    pub fn start(pool: Arc<PoolHandle>, resolver: SocketAddr, names: Option<Arc<Mutex<Names>>>) -> Forwarder {
         let (tx, rx) = mpsc::channel(1024);
         let cache = Arc::new(Mutex::new(Cache::new(10_000)));
-        tokio::spawn(run(account, upstream, resolver, rx, cache.clone()));
-        Forwarder { tx, cache }
+        tokio::spawn(run(pool, resolver, rx, cache.clone(), names.clone()));
+        Forwarder { tx, cache, names }
     }
 
     /// The answer to `raw` (a parsed query `q`) with the client's own id.
     pub async fn resolve(&self, q: Query, raw: &[u8]) -> Vec<u8> {
         let key = Key { name: q.name.clone(), qtype: q.qtype, qclass: q.qclass };
         if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key, Instant::now()) {
+            if let Some(names) = &self.names {
+                names.lock().unwrap_or_else(|e| e.into_inner()).remember(&q.name, &message::answer_addrs(hit));
+            }
             return message::with_id(hit, q.id);
         }
         let (reply, rx) = oneshot::channel();
@@ -66,14 +75,30 @@ struct Pending {
 }
 
 async fn run(
-    account: String,
-    up: Upstream,
+    pool: Arc<PoolHandle>,
     resolver: SocketAddr,
     mut rx: mpsc::Receiver<Req>,
     cache: Arc<Mutex<Cache>>,
+    names: Option<Arc<Mutex<Names>>>,
 ) {
+    let account = pool.account.clone();
     let mut next_id: u16 = rand_id();
-    'outer: while let Some(first) = rx.recv().await {
+    let mut carried: Option<Req> = None;
+    'outer: loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let Some(route) = pool.active() else {
+            tracing::warn!(account = %account, name = %first.q.name, "DNS over TCP: no usable proxy; answering SERVFAIL");
+            let _ = first.reply.send(servfail(&first.q));
+            continue;
+        };
+        let label = route.label().to_string();
+        let up = route.upstream;
         let conn = match up.connect(&Target::Ip(resolver)).await {
             Ok(c) => c,
             Err(e) => {
@@ -116,6 +141,11 @@ async fn run(
         let mut last_use = Instant::now();
         loop {
             if let Some(req) = queued.take() {
+                // The pool moved to another proxy: reconnect through it.
+                if pool.active().as_ref().map(|r| r.label()) != Some(label.as_str()) {
+                    carried = Some(req);
+                    break;
+                }
                 next_id = next_id.wrapping_add(1);
                 let id = next_id;
                 let mut frame = (req.raw.len() as u16).to_be_bytes().to_vec();
@@ -138,6 +168,12 @@ async fn run(
                     if msg.len() < 12 { break }
                     let id = u16::from_be_bytes([msg[0], msg[1]]);
                     if let Some(p) = pending.remove(&id) {
+                        if let Some(names) = &names {
+                            let addrs = message::answer_addrs(&msg);
+                            if !addrs.is_empty() {
+                                names.lock().unwrap_or_else(|e| e.into_inner()).remember(&p.q.name, &addrs);
+                            }
+                        }
                         if let Some(ttl) = message::min_ttl(&msg) {
                             let key = Key { name: p.q.name.clone(), qtype: p.q.qtype, qclass: p.q.qclass };
                             cache.lock().unwrap_or_else(|e| e.into_inner()).put(key, msg.clone(), ttl, Instant::now());

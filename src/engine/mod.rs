@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod device;
 pub mod forward;
 pub mod packet;
+pub mod pool;
 pub mod ratelog;
 pub mod relay;
 pub mod stack;
@@ -26,12 +27,14 @@ use tokio::sync::mpsc;
 
 use crate::config::{Account, DnsMode, is_fake_ip};
 use crate::dns::fakeip::FakeIpTable;
-use crate::proxy::{Connected, Target, Upstream};
+use crate::dns::names::Names;
+use crate::proxy::{Connected, Target};
+use crate::rules::Dest;
 use crate::rundir::RunDir;
-use crate::secrets::Secret;
 use adapter::SmolStream;
 use device::FdSink;
 use packet::Class;
+use pool::{PoolHandle, Route};
 use stack::{Flow, FlowKey, Shared, Stack};
 use stats::Stats;
 
@@ -115,7 +118,9 @@ impl DnsServer {
 
 struct Ctx {
     account: String,
-    upstream: Upstream,
+    pool: Arc<PoolHandle>,
+    /// DNS mode tcp with rules: names behind the addresses answered.
+    names: Option<Arc<Mutex<Names>>>,
     idle: Duration,
     max_flows: usize,
     max_half_open: usize,
@@ -138,39 +143,35 @@ impl Ctx {
 }
 
 enum Event {
-    Ready(FlowKey, Vec<u8>, Connected),
+    Ready(FlowKey, Vec<u8>, Connected, Route),
     Failed(FlowKey, Vec<u8>),
 }
 
 pub async fn run(
     account: Account,
-    creds: Vec<Option<Secret>>,
+    pool: Arc<PoolHandle>,
     tun: OwnedFd,
     rundir: RunDir,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let name = account.name.clone();
-    let pool = account.usable_proxies();
-    let Some(best) = pool.first() else { anyhow::bail!("account {name}: no enabled proxy") };
-    // Credentials are in policy order; labels are unique within an account.
-    let idx = account.proxies.iter().position(|p| p.label == best.label);
-    let upstream = Upstream { entry: (*best).clone(), password: idx.and_then(|i| creds.get(i).cloned().flatten()) };
-    if pool.len() > 1 {
-        tracing::warn!(account = %name, proxy = %upstream.name(), standby = pool.len() - 1,
-            "pool failover is not implemented yet: every flow uses the best-priority proxy");
-    }
-    tracing::info!(account = %name, proxy = %upstream.name(), "proxy selected");
     raise_nofile();
+    let (calls_tx, calls_rx) = mpsc::channel(16);
+    let control = crate::control::bind(&rundir.ctl_path())
+        .map_err(|e| anyhow::anyhow!("account {name}: control socket {}: {e}", rundir.ctl_path().display()))?;
+    let control = tokio::spawn(crate::control::serve(control, calls_tx, name.clone()));
+    let manager = tokio::spawn(pool::manage(pool.clone(), pool::ManagerConfig::from_account(&account), calls_rx));
+    let names = (account.dns.mode == DnsMode::Tcp && pool.has_rules()).then(|| Arc::new(Mutex::new(Names::new(65536))));
 
     let tun = TunRef(Arc::new(crate::sys::register_async(tun)?));
     let mtu = account.mtu as usize;
     let stack =
         Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), mtu, account.limits.socket_buffer as usize);
     let shared = Arc::new(Shared::new(stack));
-    let upstream_for_dns = upstream.clone();
     let ctx = Arc::new(Ctx {
         account: name.clone(),
-        upstream,
+        pool: pool.clone(),
+        names: names.clone(),
         idle: account.limits.idle_timeout,
         max_flows: account.limits.max_flows as usize,
         max_half_open: account.limits.max_half_open as usize,
@@ -179,7 +180,7 @@ pub async fn run(
         dns: match (account.dns.mode, account.dns.resolver) {
             (DnsMode::Tcp, Some(resolver)) => {
                 tracing::info!(account = %name, resolver = %resolver, "DNS: forwarded over TCP through the proxy");
-                DnsServer::Forward(forward::Forwarder::start(name.clone(), upstream_for_dns, resolver))
+                DnsServer::Forward(forward::Forwarder::start(pool.clone(), resolver, names))
             }
             _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&rundir, &name))),
         },
@@ -188,6 +189,18 @@ pub async fn run(
         ratelog: Mutex::new(ratelog::RateLog::new(Duration::from_secs(1))),
     });
     let publisher = tokio::spawn(publish_stats(ctx.clone(), rundir.clone()));
+    let metrics = account.metrics.clone().map(|listen| {
+        let c = ctx.clone();
+        let mode = match account.dns.mode {
+            DnsMode::FakeIp => "fake-ip",
+            DnsMode::Tcp => "tcp",
+        };
+        let source: crate::metrics::Source = Arc::new(move || {
+            let (a, p) = c.shared.lock().counts();
+            crate::metrics::render(&crate::metrics::collect(&c.pool, &c.stats, a, p, mode))
+        });
+        tokio::spawn(crate::metrics::serve(listen, name.clone(), source))
+    });
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; mtu.max(1500) + 64];
     tokio::pin!(shutdown);
@@ -229,6 +242,12 @@ pub async fn run(
         }
     }
     publisher.abort();
+    control.abort();
+    manager.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(rundir.ctl_path());
     let (a, p) = shared.lock().counts();
     write_stats(&ctx, &rundir, a, p);
     Ok(())
@@ -248,7 +267,12 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
         Class::Dns { src, dst, payload } => {
             ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(mut fake) = ctx.dns.fake() {
-                if let Some(out) = fake.answer(payload).and_then(|r| packet::udp_packet(dst, src, &r)) {
+                let reply = fake.answer(payload);
+                drop(fake);
+                if let Some(r) = &reply {
+                    ctx.stats.dns_reply(r);
+                }
+                if let Some(out) = reply.and_then(|r| packet::udp_packet(dst, src, &r)) {
                     let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
                 }
                 return;
@@ -256,6 +280,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
             let (ctx, query) = (ctx.clone(), payload.to_vec());
             tokio::spawn(async move {
                 let Some(r) = ctx.dns.answer(&query, true).await else { return };
+                ctx.stats.dns_reply(&r);
                 if let Some(out) = packet::udp_packet(dst, src, &r) {
                     let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
                 }
@@ -298,6 +323,7 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
         return;
     }
     let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
+    let is_fake = fake.is_some();
     let target = match (dst.ip(), fake) {
         (IpAddr::V4(v4), Some(dns)) => match dns.table.lookup(v4) {
             Some(n) => Target::Name(n.to_string(), dst.port()),
@@ -313,41 +339,99 @@ fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: 
         },
         _ => Target::Ip(dst),
     };
+    let remembered = match (&target, &ctx.names) {
+        (Target::Ip(a), Some(names)) => {
+            names.lock().unwrap_or_else(|e| e.into_inner()).lookup(a.ip()).map(str::to_string)
+        }
+        _ => None,
+    };
+    let name = match &target {
+        Target::Name(n, _) => Some(n.as_str()),
+        Target::Ip(_) => remembered.as_deref(),
+    };
+    let dest = Dest { name, ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
+    let route = match ctx.pool.route(&dest) {
+        Ok(r) => r,
+        Err(refusal) => {
+            let no_proxy = refusal == pool::Refusal::NoActive;
+            let counter = if no_proxy { &ctx.stats.flows_refused_no_proxy } else { &ctx.stats.flows_refused_rule };
+            counter.fetch_add(1, Relaxed);
+            let reason = refusal.to_string();
+            if let Some(suppressed) = ctx.may_log(&reason) {
+                if no_proxy {
+                    tracing::error!(account = %ctx.account, target = %target, suppressed, "flow refused: {reason}");
+                } else {
+                    tracing::warn!(account = %ctx.account, target = %target, suppressed, "flow refused: {reason}");
+                }
+            }
+            st.refuse(key, pkt.to_vec());
+            return;
+        }
+    };
     st.begin(key);
     drop(st);
     let (ctx, tx, syn) = (ctx.clone(), tx.clone(), pkt.to_vec());
     tokio::spawn(async move {
-        let ev = match ctx.upstream.connect(&target).await {
-            Ok(c) => Event::Ready(key, syn, c),
+        let ev = connect(&ctx, route, &target, key, syn).await;
+        let _ = tx.send(ev);
+    });
+}
+
+/// Connects through `route`. When the proxy itself fails and the pool has
+/// meanwhile moved to another proxy (a failover), the held SYN gets one
+/// more try through the new one; a rule's proxy is never swapped.
+async fn connect(ctx: &Arc<Ctx>, mut route: Route, target: &Target, key: FlowKey, syn: Vec<u8>) -> Event {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut retried = false;
+    loop {
+        match route.upstream.connect(target).await {
+            Ok(c) => {
+                ctx.pool.report(&route, Ok(()));
+                return Event::Ready(key, syn, c, route);
+            }
             Err(e) => {
+                ctx.pool.report(&route, Err(&e));
+                if !retried
+                    && !route.by_rule
+                    && e.is_proxy_level()
+                    && let Some(next) = ctx.pool.active()
+                    && next.label() != route.label()
+                {
+                    tracing::debug!(account = %ctx.account, target = %target, error = %e, next = %next.label(), "retrying through the new active proxy");
+                    route = next;
+                    retried = true;
+                    continue;
+                }
                 ctx.stats.flows_refused_proxy.fetch_add(1, Relaxed);
                 // The same failure repeated collapses; different ones all show.
                 if let Some(suppressed) = ctx.may_log(&e.to_string()) {
                     tracing::warn!(account = %ctx.account, target = %target, error = %e, suppressed, "flow refused");
                 }
-                Event::Failed(key, syn)
+                return Event::Failed(key, syn);
             }
-        };
-        let _ = tx.send(ev);
-    });
+        }
+    }
 }
 
 fn handle_event(ctx: &Arc<Ctx>, ev: Event) {
     match ev {
         Event::Failed(key, syn) => ctx.shared.lock().refuse(key, syn),
-        Event::Ready(key, syn, conn) => {
+        Event::Ready(key, syn, conn, route) => {
             let h = ctx.shared.lock().accept(key, syn);
             let Some(h) = h else { return };
             ctx.stats.flows_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let ctx = ctx.clone();
+            let reset = ctx.pool.reset_signal();
             tokio::spawn(async move {
                 let program = SmolStream::new(ctx.shared.clone(), h);
                 if program.established().await.is_err() {
                     let _ = conn.stream.set_zero_linger();
                     return;
                 }
-                let end = relay::relay(program, conn.stream, conn.leftover, ctx.idle, &ctx.stats).await;
-                tracing::debug!(account = %ctx.account, dst = %key.1, ?end, "flow ended");
+                let end =
+                    relay::relay(program, conn.stream, conn.leftover, ctx.idle, &ctx.stats, &route.counters, reset)
+                        .await;
+                tracing::debug!(account = %ctx.account, dst = %key.1, proxy = %route.label(), ?end, "flow ended");
             });
         }
     }
@@ -369,6 +453,7 @@ async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
         }
         ctx.stats.dns_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(r) = ctx.dns.answer(&msg[..n], false).await else { break };
+        ctx.stats.dns_reply(&r);
         let mut out = (r.len() as u16).to_be_bytes().to_vec();
         out.extend_from_slice(&r);
         if s.write_all(&out).await.is_err() {

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::adapter::SmolStream;
+use super::pool::ProxyCounters;
 use super::stats::Stats;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub enum End {
     UpstreamReset,
     /// Nothing moved for the idle timeout; both sides were reset.
     Idle,
+    /// `rotate --reset-flows`: both sides were reset.
+    Reset,
 }
 
 enum Io {
@@ -53,6 +56,7 @@ struct Flow<'a> {
     program: &'a mut SmolStream,
     upstream: &'a TcpStream,
     stats: &'a Stats,
+    proxy: &'a ProxyCounters,
     /// The program sent FIN and it was passed on.
     up_done: bool,
     /// The upstream sent FIN and it was passed on.
@@ -83,6 +87,7 @@ impl Flow<'_> {
                 Ok(Io::Moved(n)) => {
                     drop(st);
                     self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                    self.proxy.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                     self.progressed = true;
                     shared.notify.notify_one(); // window update
                 }
@@ -129,6 +134,7 @@ impl Flow<'_> {
                 Ok(Io::Moved(n)) => {
                     drop(st);
                     self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                    self.proxy.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                     self.progressed = true;
                     shared.notify.notify_one(); // data to transmit
                 }
@@ -161,6 +167,8 @@ pub async fn relay(
     leftover: Vec<u8>,
     idle: Duration,
     stats: &Arc<Stats>,
+    proxy: &ProxyCounters,
+    mut reset: tokio::sync::watch::Receiver<u64>,
 ) -> End {
     if !leftover.is_empty() && !send_leftover(&mut program, &leftover).await {
         let _ = upstream.set_zero_linger();
@@ -171,13 +179,23 @@ pub async fn relay(
             program: &mut program,
             upstream: &upstream,
             stats,
+            proxy,
             up_done: false,
             down_done: false,
             progressed: false,
         };
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
+        let reset = async move {
+            if reset.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        };
+        tokio::pin!(reset);
         std::future::poll_fn(|cx| {
+            if reset.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Reset);
+            }
             flow.progressed = false;
             if let Some(end) = flow.upward(cx).or_else(|| flow.downward(cx)) {
                 return Poll::Ready(end);
@@ -201,7 +219,7 @@ pub async fn relay(
             let _ = upstream.set_zero_linger();
         }
         End::UpstreamReset => program.abort_on_drop(),
-        End::Idle => {
+        End::Idle | End::Reset => {
             let _ = upstream.set_zero_linger();
             program.abort_on_drop();
         }

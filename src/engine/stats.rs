@@ -10,9 +10,16 @@ pub struct Stats {
     pub flows_refused_proxy: AtomicU64,
     pub flows_refused_limit: AtomicU64,
     pub flows_refused_unknown_fake_ip: AtomicU64,
+    pub flows_refused_rule: AtomicU64,
+    pub flows_refused_no_proxy: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub dns_queries: AtomicU64,
+    /// Answers by result: NOERROR, NXDOMAIN, SERVFAIL, anything else.
+    pub dns_noerror: AtomicU64,
+    pub dns_nxdomain: AtomicU64,
+    pub dns_servfail: AtomicU64,
+    pub dns_other: AtomicU64,
     pub packets_dropped: AtomicU64,
     pub udp_refused: AtomicU64,
 }
@@ -25,14 +32,37 @@ pub struct Snapshot {
     pub flows_refused_proxy: u64,
     pub flows_refused_limit: u64,
     pub flows_refused_unknown_fake_ip: u64,
+    #[serde(default)]
+    pub flows_refused_rule: u64,
+    #[serde(default)]
+    pub flows_refused_no_proxy: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub dns_queries: u64,
+    #[serde(default)]
+    pub dns_noerror: u64,
+    #[serde(default)]
+    pub dns_nxdomain: u64,
+    #[serde(default)]
+    pub dns_servfail: u64,
+    #[serde(default)]
+    pub dns_other: u64,
     pub packets_dropped: u64,
     pub udp_refused: u64,
 }
 
 impl Stats {
+    /// Counts a DNS answer by its result code.
+    pub fn dns_reply(&self, reply: &[u8]) {
+        let c = match reply.get(3).map(|b| b & 0x0f) {
+            Some(0) => &self.dns_noerror,
+            Some(3) => &self.dns_nxdomain,
+            Some(2) => &self.dns_servfail,
+            _ => &self.dns_other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self, active: usize, pending: usize) -> Snapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {
@@ -42,9 +72,15 @@ impl Stats {
             flows_refused_proxy: g(&self.flows_refused_proxy),
             flows_refused_limit: g(&self.flows_refused_limit),
             flows_refused_unknown_fake_ip: g(&self.flows_refused_unknown_fake_ip),
+            flows_refused_rule: g(&self.flows_refused_rule),
+            flows_refused_no_proxy: g(&self.flows_refused_no_proxy),
             bytes_up: g(&self.bytes_up),
             bytes_down: g(&self.bytes_down),
             dns_queries: g(&self.dns_queries),
+            dns_noerror: g(&self.dns_noerror),
+            dns_nxdomain: g(&self.dns_nxdomain),
+            dns_servfail: g(&self.dns_servfail),
+            dns_other: g(&self.dns_other),
             packets_dropped: g(&self.packets_dropped),
             udp_refused: g(&self.udp_refused),
         }

@@ -4,6 +4,7 @@
 //! proxy's connect and handshake timeouts.
 
 pub mod http;
+pub mod probe;
 pub mod socks5;
 
 use std::fmt;
@@ -52,6 +53,14 @@ pub enum ProxyError {
     Io { proxy: String, source: std::io::Error },
 }
 
+impl ProxyError {
+    /// Whether the proxy itself failed (counts towards failover), as
+    /// opposed to the proxy reporting that one destination is unreachable.
+    pub fn is_proxy_level(&self) -> bool {
+        !matches!(self, ProxyError::Refused { destination_error: true, .. })
+    }
+}
+
 /// A proxy with its resolved credentials.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -71,7 +80,12 @@ impl Upstream {
         self.entry.display_name()
     }
 
-    pub async fn connect(&self, target: &Target) -> Result<Connected, ProxyError> {
+    /// A TCP connection to the proxy itself (no handshake), then closed.
+    pub async fn reach(&self) -> Result<(), ProxyError> {
+        self.open().await.map(drop)
+    }
+
+    async fn open(&self) -> Result<TcpStream, ProxyError> {
         let proxy = self.name();
         let e = &self.entry;
         let connect = async {
@@ -85,6 +99,13 @@ impl Upstream {
             Ok(Err(source)) => return Err(ProxyError::Connect { proxy, source }),
             Ok(Ok(s)) => s,
         };
+        Ok(stream)
+    }
+
+    pub async fn connect(&self, target: &Target) -> Result<Connected, ProxyError> {
+        let proxy = self.name();
+        let e = &self.entry;
+        let stream = self.open().await?;
         let _ = stream.set_nodelay(true);
         let sock = socket2_ref(&stream);
         let _ = sock.set_keepalive(true);

@@ -474,6 +474,7 @@ impl Drop for Account {
     fn drop(&mut self) {
         let _ = self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(format!("/var/lib/nsproxy/{}", self.name));
     }
 }
 

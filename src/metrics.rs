@@ -1,0 +1,319 @@
+//! Prometheus text exposition (format 0.0.4) of one account: flows, bytes,
+//! DNS, the pool (states, health checks, failovers, rotations, the active
+//! proxy and egress IP as info metrics). `render` is pure; `serve` answers
+//! any HTTP request on the policy's address or Unix socket with it.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::pool::PoolHandle;
+use crate::engine::stats::{Snapshot, Stats};
+use crate::pool::State;
+
+/// One proxy's figures at the time of a scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyFigures {
+    pub label: String,
+    pub endpoint: String,
+    pub state: Option<State>,
+    pub egress_ip: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub flows: u64,
+    pub failures: u64,
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+    pub check_latency_seconds_sum: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub account: String,
+    pub dns_mode: String,
+    pub stats: Snapshot,
+    pub failovers: u64,
+    pub rotations: u64,
+    pub all_down: bool,
+    pub active: Option<String>,
+    pub proxies: Vec<ProxyFigures>,
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub fn render(f: &Figures) -> String {
+    let mut o = String::new();
+    let a = esc(&f.account);
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, String)]| {
+        let _ = writeln!(o, "# HELP nsproxy_{name} {help}");
+        let _ = writeln!(o, "# TYPE nsproxy_{name} {kind}");
+        for (labels, value) in rows {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(o, "nsproxy_{name}{{account=\"{a}\"{sep}{labels}}} {value}");
+        }
+    };
+    let s = &f.stats;
+    let one = |v: u64| vec![(String::new(), v.to_string())];
+    metric("flows_opened_total", "counter", "Flows connected through a proxy.", &one(s.flows_opened));
+    let refused = [
+        ("proxy", s.flows_refused_proxy),
+        ("limit", s.flows_refused_limit),
+        ("stale_fake_ip", s.flows_refused_unknown_fake_ip),
+        ("rule", s.flows_refused_rule),
+        ("no_proxy", s.flows_refused_no_proxy),
+    ];
+    let rows: Vec<_> = refused.iter().map(|(r, v)| (format!("reason=\"{r}\""), v.to_string())).collect();
+    metric("flows_refused_total", "counter", "Flows refused (reset), by reason.", &rows);
+    metric("flows_active", "gauge", "Open flows.", &one(s.flows_active));
+    metric("flows_connecting", "gauge", "Flows waiting for their proxy connection.", &one(s.flows_pending));
+    let rows = vec![
+        ("direction=\"up\"".to_string(), s.bytes_up.to_string()),
+        ("direction=\"down\"".to_string(), s.bytes_down.to_string()),
+    ];
+    metric("bytes_total", "counter", "Payload bytes relayed, by direction.", &rows);
+    let m = esc(&f.dns_mode);
+    let rows: Vec<_> = [
+        ("noerror", s.dns_noerror),
+        ("nxdomain", s.dns_nxdomain),
+        ("servfail", s.dns_servfail),
+        ("other", s.dns_other),
+    ]
+    .iter()
+    .map(|(r, v)| (format!("mode=\"{m}\",result=\"{r}\""), v.to_string()))
+    .collect();
+    metric("dns_answers_total", "counter", "DNS answers given, by mode and result.", &rows);
+    metric("dns_queries_total", "counter", "DNS queries received.", &one(s.dns_queries));
+    metric("udp_refused_total", "counter", "UDP packets refused (ICMP unreachable).", &one(s.udp_refused));
+    metric("failovers_total", "counter", "Switches to another proxy after a failure.", &one(f.failovers));
+    metric("rotations_total", "counter", "Manual rotations.", &one(f.rotations));
+    metric("pool_down", "gauge", "1 while every proxy is unusable (flows refused).", &one(f.all_down as u64));
+
+    let p = |x: &ProxyFigures| format!("proxy=\"{}\",endpoint=\"{}\"", esc(&x.label), esc(&x.endpoint));
+    let per = |g: &dyn Fn(&ProxyFigures) -> String| -> Vec<(String, String)> {
+        f.proxies.iter().map(|x| (p(x), g(x))).collect()
+    };
+    metric("proxy_bytes_total", "counter", "Payload bytes relayed per proxy, both directions.", &{
+        let mut v = Vec::new();
+        for x in &f.proxies {
+            v.push((format!("{},direction=\"up\"", p(x)), x.bytes_up.to_string()));
+            v.push((format!("{},direction=\"down\"", p(x)), x.bytes_down.to_string()));
+        }
+        v
+    });
+    metric("proxy_flows_total", "counter", "Flows connected per proxy.", &per(&|x| x.flows.to_string()));
+    metric(
+        "proxy_failures_total",
+        "counter",
+        "Proxy-level flow failures per proxy.",
+        &per(&|x| x.failures.to_string()),
+    );
+    metric("health_checks_total", "counter", "Health checks per proxy and result.", &{
+        let mut v = Vec::new();
+        for x in &f.proxies {
+            v.push((format!("{},result=\"ok\"", p(x)), x.checks_ok.to_string()));
+            v.push((format!("{},result=\"failed\"", p(x)), x.checks_failed.to_string()));
+        }
+        v
+    });
+    metric(
+        "health_check_seconds_sum",
+        "counter",
+        "Total latency of successful health checks per proxy (divide by health_checks_total{result=\"ok\"}).",
+        &per(&|x| format!("{:.6}", x.check_latency_seconds_sum)),
+    );
+    metric("proxy_state", "gauge", "1 for the state each proxy is in.", &{
+        let mut v = Vec::new();
+        for x in &f.proxies {
+            for st in [State::Active, State::Standby, State::Unhealthy, State::Burned] {
+                v.push((format!("{},state=\"{st}\"", p(x)), ((x.state == Some(st)) as u8).to_string()));
+            }
+        }
+        v
+    });
+    let active: Vec<_> = f
+        .proxies
+        .iter()
+        .filter(|x| f.active.as_deref() == Some(x.label.as_str()))
+        .map(|x| (format!("{},egress_ip=\"{}\"", p(x), esc(x.egress_ip.as_deref().unwrap_or(""))), "1".to_string()))
+        .collect();
+    metric("active_proxy_info", "gauge", "The active proxy and its last egress IP.", &active);
+    let egress: Vec<_> = f
+        .proxies
+        .iter()
+        .filter_map(|x| x.egress_ip.as_ref().map(|ip| (format!("{},egress_ip=\"{}\"", p(x), esc(ip)), "1".to_string())))
+        .collect();
+    metric("egress_ip_info", "gauge", "The last egress IP seen through each proxy.", &egress);
+    o
+}
+
+/// The current figures of a running account.
+pub fn collect(pool: &PoolHandle, stats: &Stats, active: usize, pending: usize, dns_mode: &str) -> Figures {
+    let p = pool.lock();
+    let proxies = p
+        .members()
+        .iter()
+        .zip(p.records())
+        .map(|(m, r)| {
+            let c = pool.counters_of(&m.label);
+            let g = |f: fn(&crate::engine::pool::ProxyCounters) -> &std::sync::atomic::AtomicU64| {
+                c.as_ref().map(|c| f(c).load(Relaxed)).unwrap_or(0)
+            };
+            ProxyFigures {
+                label: m.label.clone(),
+                endpoint: m.endpoint.clone(),
+                state: Some(r.state),
+                egress_ip: r.last_egress_ip.map(|i| i.to_string()),
+                bytes_up: g(|c| &c.bytes_up),
+                bytes_down: g(|c| &c.bytes_down),
+                flows: g(|c| &c.flows),
+                failures: g(|c| &c.failures),
+                checks_ok: g(|c| &c.checks_ok),
+                checks_failed: g(|c| &c.checks_failed),
+                check_latency_seconds_sum: g(|c| &c.check_latency_us) as f64 / 1e6,
+            }
+        })
+        .collect();
+    Figures {
+        account: pool.account.clone(),
+        dns_mode: dns_mode.into(),
+        stats: stats.snapshot(active, pending),
+        failovers: pool.counters.failovers.load(Relaxed),
+        rotations: pool.counters.rotations.load(Relaxed),
+        all_down: pool.all_down.load(Relaxed),
+        active: p.active().map(str::to_string),
+        proxies,
+    }
+}
+
+/// Answers one HTTP request (any path) with `body`; the request head is
+/// read with a size cap and a deadline.
+pub async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, body: impl FnOnce() -> String) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(read, Ok(true)) || !head.starts_with(b"GET ") {
+        let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return;
+    }
+    let body = body();
+    let resp = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves metrics on `listen` until dropped.
+pub async fn serve(listen: crate::config::MetricsListen, account: String, source: Source) {
+    use crate::config::MetricsListen;
+    match listen {
+        MetricsListen::Tcp(addr) => {
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(account = %account, listen = %addr, error = %e, "metrics: cannot listen");
+                    return;
+                }
+            };
+            tracing::info!(account = %account, listen = %addr, "metrics served");
+            loop {
+                if let Ok((s, _)) = l.accept().await {
+                    let src = source.clone();
+                    tokio::spawn(answer(s, move || src()));
+                }
+            }
+        }
+        MetricsListen::Unix(path) => {
+            let l = match crate::control::bind(&path) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(account = %account, listen = %path.display(), error = %e, "metrics: cannot listen");
+                    return;
+                }
+            };
+            tracing::info!(account = %account, listen = %path.display(), "metrics served");
+            loop {
+                if let Ok((s, _)) = l.accept().await {
+                    let src = source.clone();
+                    tokio::spawn(answer(s, move || src()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_and_escapes_labels() {
+        let f = Figures {
+            account: "acct".into(),
+            dns_mode: "fake-ip".into(),
+            stats: Snapshot { flows_opened: 7, bytes_up: 10, bytes_down: 20, dns_nxdomain: 2, ..Default::default() },
+            failovers: 1,
+            rotations: 2,
+            all_down: false,
+            active: Some("b".into()),
+            proxies: vec![
+                ProxyFigures {
+                    label: "a".into(),
+                    endpoint: "socks5://10.0.0.1:1080".into(),
+                    state: Some(State::Burned),
+                    ..Default::default()
+                },
+                ProxyFigures {
+                    label: "b".into(),
+                    endpoint: "http://[::1]:3128".into(),
+                    state: Some(State::Active),
+                    egress_ip: Some("192.0.2.9".into()),
+                    bytes_down: 99,
+                    checks_ok: 3,
+                    check_latency_seconds_sum: 0.25,
+                    ..Default::default()
+                },
+            ],
+        };
+        let t = render(&f);
+        for want in [
+            "nsproxy_flows_opened_total{account=\"acct\"} 7",
+            "nsproxy_bytes_total{account=\"acct\",direction=\"down\"} 20",
+            "nsproxy_dns_answers_total{account=\"acct\",mode=\"fake-ip\",result=\"nxdomain\"} 2",
+            "nsproxy_failovers_total{account=\"acct\"} 1",
+            "nsproxy_rotations_total{account=\"acct\"} 2",
+            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"burned\"} 1",
+            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"active\"} 0",
+            "nsproxy_active_proxy_info{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\",egress_ip=\"192.0.2.9\"} 1",
+            "nsproxy_proxy_bytes_total{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\",direction=\"down\"} 99",
+            "nsproxy_health_check_seconds_sum{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\"} 0.250000",
+            "nsproxy_flows_refused_total{account=\"acct\",reason=\"no_proxy\"} 0",
+        ] {
+            assert!(t.contains(want), "missing {want}\n{t}");
+        }
+        // Every sample line belongs to a family announced with HELP and TYPE.
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split('{').next().unwrap();
+            assert!(t.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+        }
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
