@@ -142,6 +142,8 @@ pub struct ProxyInfo {
     pub user: String,
     pub pass: String,
     pub proc: Option<Proc>,
+    /// How it was started (to start it again after a test killed it).
+    start: (String, PathBuf),
 }
 
 impl ProxyInfo {
@@ -173,6 +175,10 @@ pub struct Topology {
 }
 
 pub const HOSTNAME: &str = "api.exchange.test";
+/// More names the proxies resolve to the origin (per-destination rules).
+pub const EXTRA_NAMES: &str = "api.exchange-a.test blocked.exchange-a.test";
+/// Resolves to the origin's second address (`Topology::origin_addr2`).
+pub const NAME_B: &str = "api.exchange-b.test";
 
 impl Topology {
     /// Origin namespace with its servers, and one namespace per proxy kind.
@@ -224,6 +230,7 @@ impl Topology {
             "ip -n {o} addr add {}/24 dev eth0 && ip -n {o} link set eth0 up && ip -n {o} link set lo up",
             self.origin_addr
         ));
+        must(&format!("ip -n {o} addr add {}/32 dev lo", self.origin_addr2()));
         // The origin's servers, on every address of the origin.
         let py = "/usr/bin/python3";
         let d = self.dir.display().to_string();
@@ -237,8 +244,9 @@ impl Topology {
             &o,
             "dnsmasq",
             &format!(
-                "dnsmasq --no-daemon --no-resolv --no-hosts --log-queries --log-facility={} --pid-file={d}/dnsmasq.pid --local-ttl=60 --address=/test/{}",
+                "dnsmasq --no-daemon --no-resolv --no-hosts --log-queries --log-facility={} --pid-file={d}/dnsmasq.pid --local-ttl=60 --address=/exchange-b.test/{} --address=/test/{}",
                 dns_log.display(),
+                self.origin_addr2(),
                 self.origin_addr
             ),
             &self.dir.join("dnsmasq.out"),
@@ -274,15 +282,23 @@ impl Topology {
         // The proxy resolves test names to the origin, via /etc/netns hosts.
         let etc = PathBuf::from("/etc/netns").join(&ns);
         std::fs::create_dir_all(&etc).expect("etc netns");
-        std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{origin_side} {HOSTNAME} ws.exchange.test\n"))
-            .expect("hosts");
+        std::fs::write(
+            etc.join("hosts"),
+            format!(
+                "127.0.0.1 localhost\n{origin_side} {HOSTNAME} ws.exchange.test {EXTRA_NAMES}\n{} {NAME_B}\n",
+                self.origin_addr2()
+            ),
+        )
+        .expect("hosts");
+        // The origin's second address (exchange-b names in DNS mode tcp).
+        must(&format!("ip -n {ns} route add {}/32 via {origin_side}", self.origin_addr2()));
         let d = self.dir.display().to_string();
         let (user, pass) = (format!("u{i}x"), format!("pw-{}-{i}", self.prefix));
         let log = self.dir.join(format!("proxy{i}.log"));
-        let (port, proc) = match kind {
+        let (port, proc, cmd) = match kind {
             Kind::Microsocks => {
                 let c = format!("microsocks -i {listen} -p 1080 -b {egress} -u {user} -P {pass}");
-                (1080, spawn_in(&ns, "microsocks", &c, &log))
+                (1080, spawn_in(&ns, "microsocks", &c, &log), c)
             }
             Kind::Dante => {
                 // dante authenticates against system accounts.
@@ -292,14 +308,16 @@ impl Topology {
                     "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\n"
                 );
                 std::fs::write(self.dir.join(format!("danted{i}.conf")), conf).expect("dante conf");
-                (1080, spawn_in(&ns, "danted", &format!("danted -f {d}/danted{i}.conf"), &log))
+                let c = format!("danted -f {d}/danted{i}.conf");
+                (1080, spawn_in(&ns, "danted", &c, &log), c)
             }
             Kind::Tinyproxy => {
                 let conf = format!(
                     "Port 8888\nListen {listen}\nBind {egress}\nBasicAuth {user} {pass}\nMaxClients 1000\nLogLevel Info\n"
                 );
                 std::fs::write(self.dir.join(format!("tinyproxy{i}.conf")), conf).expect("tinyproxy conf");
-                (8888, spawn_in(&ns, "tinyproxy", &format!("tinyproxy -d -c {d}/tinyproxy{i}.conf"), &log))
+                let c = format!("tinyproxy -d -c {d}/tinyproxy{i}.conf");
+                (8888, spawn_in(&ns, "tinyproxy", &c, &log), c)
             }
         };
         wait_port(&ns, listen, port);
@@ -315,7 +333,31 @@ impl Topology {
             user,
             pass,
             proc: Some(proc),
+            start: (cmd, log),
         });
+    }
+
+    /// The origin's second address, on its loopback: test names under
+    /// exchange-b.test resolve to it in the origin's dnsmasq.
+    pub fn origin_addr2(&self) -> Ipv4Addr {
+        self.net(15, 1)
+    }
+
+    /// Stops proxy `i` (by PID).
+    pub fn stop_proxy(&mut self, i: usize) {
+        if let Some(mut p) = self.proxies[i].proc.take() {
+            p.stop();
+        }
+    }
+
+    /// Starts proxy `i` again, as it was first started.
+    pub fn start_proxy(&mut self, i: usize) {
+        let p = &self.proxies[i];
+        let (cmd, log) = p.start.clone();
+        let proc = spawn_in(&p.ns, "proxy", &cmd, &log);
+        let (ns, listen, port) = (p.ns.clone(), p.listen, p.port);
+        self.proxies[i].proc = Some(proc);
+        wait_port(&ns, listen, port);
     }
 
     /// Client addresses the origin's servers have seen, one per connection.
@@ -539,7 +581,7 @@ async def main():
     async def ws(conn, *a):
         LOG.write(conn.remote_address[0] + "\n")
         async for m in conn:
-            await conn.send(m)
+            await conn.send(conn.remote_address[0] if m == "ip?" else m)
     d = tempfile.mkdtemp()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=api.exchange.test",
                     "-addext", "subjectAltName=DNS:api.exchange.test", "-keyout", d + "/k.pem", "-out", d + "/c.pem"],
