@@ -125,7 +125,8 @@ impl PoolHandle {
             reset: watch::channel(0).0,
             all_down: false.into(),
         });
-        h.apply(events);
+        // The manager picks the first active proxy itself when it starts.
+        h.apply(events.into_iter().filter(|e| !matches!(e, Event::NeedFailover { .. })).collect());
         h.persist();
         Ok(h)
     }
