@@ -287,6 +287,31 @@ fn pinned_egress_mismatch_marks_the_proxy_unhealthy() {
     let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("json");
     assert_eq!(v["data"]["egress_ip"], e2.as_str());
     assert_eq!(v["data"]["health_ok"], true);
+
+    // Bad control messages get a clear refusal and change nothing.
+    let sock = format!("/run/nsproxy/{}/ctl.sock", a.name);
+    let ask = |bytes: &[u8]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect ctl.sock");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let _ = s.write_all(bytes);
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r
+    };
+    let r = ask(b"not json\n");
+    assert!(r.contains("\"ok\":false") && r.contains("invalid request"), "{r}");
+    let r = ask(b"{\"cmd\":\"rotate\",\"to\":\"p1\",\"sneaky\":1}\n");
+    assert!(r.contains("unknown field"), "{r}");
+    let r = ask(&vec![b'{'; 70 * 1024]);
+    assert!(r.contains("larger than"), "{r}");
+    let t = Instant::now();
+    let r = ask(b"{\"cmd\":");
+    assert!(r.contains("no complete request") && t.elapsed() < Duration::from_secs(8), "slow client cut off: {r}");
+    assert_eq!(status_json(&a)["active_proxy"], "p2", "nothing changed");
+    let mode = must(&format!("stat -c %a {sock}"));
+    assert_eq!(mode.trim(), "600");
+    assert!(a.cmd(&["check", &a.name]).status.success(), "the daemon still answers");
 }
 
 const RULES: &str = "    rules:\n      - domain: blocked.exchange-a.test\n        block: true\n      - domain: \"*.exchange-a.test\"\n        via: p1\n      - domain: \"*.exchange-b.test\"\n        via: p2\n";
