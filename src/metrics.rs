@@ -235,9 +235,12 @@ pub async fn serve(listen: crate::config::MetricsListen, account: String, source
             };
             tracing::info!(account = %account, listen = %addr, "metrics served");
             loop {
-                if let Ok((s, _)) = l.accept().await {
-                    let src = source.clone();
-                    tokio::spawn(answer(s, move || src()));
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let src = source.clone();
+                        tokio::spawn(answer(s, move || src()));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         }
@@ -251,9 +254,12 @@ pub async fn serve(listen: crate::config::MetricsListen, account: String, source
             };
             tracing::info!(account = %account, listen = %path.display(), "metrics served");
             loop {
-                if let Ok((s, _)) = l.accept().await {
-                    let src = source.clone();
-                    tokio::spawn(answer(s, move || src()));
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let src = source.clone();
+                        tokio::spawn(answer(s, move || src()));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         }

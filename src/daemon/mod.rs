@@ -45,8 +45,10 @@ pub fn run(account_name: &str, policy: &Path, ready_fd: Option<OwnedFd>) -> anyh
     let mut ready = ready_fd.map(std::fs::File::from);
     match start(account_name, policy) {
         Ok(started) => {
-            report(&mut ready, "READY\n");
-            serve(started)
+            // READY once the pool has made its first choice (a proxy passed
+            // its check, or none did and that is logged), so a program
+            // started right after `up` finds a proxy.
+            serve(started, move || report(&mut ready, "READY\n"))
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -149,7 +151,7 @@ fn apply(a: &Account, rollback: &mut Rollback) -> anyhow::Result<OwnedFd> {
     Ok(tun)
 }
 
-fn serve(s: Started) -> anyhow::Result<()> {
+fn serve(s: Started, ready: impl FnOnce()) -> anyhow::Result<()> {
     let name = s.account.name.clone();
     crate::sys::malloc_mmap_threshold(64 * 1024);
     // One thread: the poll loop and the flow tasks hand work to each other
@@ -162,7 +164,7 @@ fn serve(s: Started) -> anyhow::Result<()> {
     let res = rt.block_on(async {
         let shutdown = shutdown_signal();
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
-        engine::run(s.account.clone(), s.pool.clone(), s.tun, s.rundir.clone(), shutdown).await
+        engine::run(s.account.clone(), s.pool.clone(), s.tun, s.rundir.clone(), shutdown, ready).await
     });
     tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
     let _ = std::fs::remove_file(s.rundir.pid_path());

@@ -153,6 +153,7 @@ pub async fn run(
     tun: OwnedFd,
     rundir: RunDir,
     shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let name = account.name.clone();
     raise_nofile();
@@ -160,7 +161,9 @@ pub async fn run(
     let control = crate::control::bind(&rundir.ctl_path())
         .map_err(|e| anyhow::anyhow!("account {name}: control socket {}: {e}", rundir.ctl_path().display()))?;
     let control = tokio::spawn(crate::control::serve(control, calls_tx, name.clone()));
-    let manager = tokio::spawn(pool::manage(pool.clone(), pool::ManagerConfig::from_account(&account), calls_rx));
+    let (chosen_tx, chosen_rx) = tokio::sync::oneshot::channel();
+    let manager =
+        tokio::spawn(pool::manage(pool.clone(), pool::ManagerConfig::from_account(&account), calls_rx, chosen_tx));
     let names = (account.dns.mode == DnsMode::Tcp && pool.has_rules()).then(|| Arc::new(Mutex::new(Names::new(65536))));
 
     let tun = TunRef(Arc::new(crate::sys::register_async(tun)?));
@@ -201,6 +204,11 @@ pub async fn run(
         });
         tokio::spawn(crate::metrics::serve(listen, name.clone(), source))
     });
+    // The first choice takes one check per candidate, each bounded by its
+    // timeout; `up` waits 30 s for READY, so stop waiting after 20 s (the
+    // manager goes on; flows are refused until a proxy passed its check).
+    let _ = tokio::time::timeout(Duration::from_secs(20), chosen_rx).await;
+    ready();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; mtu.max(1500) + 64];
     tokio::pin!(shutdown);

@@ -511,7 +511,12 @@ impl Manager {
 }
 
 /// The manager task: runs until dropped.
-pub async fn manage(h: Arc<PoolHandle>, cfg: ManagerConfig, mut calls: mpsc::Receiver<Call>) {
+pub async fn manage(
+    h: Arc<PoolHandle>,
+    cfg: ManagerConfig,
+    mut calls: mpsc::Receiver<Call>,
+    chosen: tokio::sync::oneshot::Sender<()>,
+) {
     let m = Manager { h, cfg };
     // At start: a remembered active proxy is kept (sticky) and its egress
     // recorded; otherwise the best candidate that passes its check.
@@ -524,6 +529,7 @@ pub async fn manage(h: Arc<PoolHandle>, cfg: ManagerConfig, mut calls: mpsc::Rec
         }
         None => m.failover(Reason::Start).await,
     }
+    let _ = chosen.send(());
     let interval = m.cfg.interval();
     let mut next = tokio::time::Instant::now() + interval;
     loop {
