@@ -336,16 +336,11 @@ fn pool_status(account: &str, from_policy: Option<&config::Account>) -> (Vec<Pro
             endpoint: p.endpoint(),
             priority: p.priority,
             enabled: p.enabled,
-            record: records.iter().find(|r| r.label == p.label).cloned().unwrap_or(crate::pool::Record {
-                label: p.label.clone(),
-                state: crate::pool::State::Standby,
-                burned_until: None,
-                last_checked_at: None,
-                last_error: None,
-                consecutive_failures: 0,
-                last_egress_ip: None,
-                last_egress_at: None,
-            }),
+            record: records
+                .iter()
+                .find(|r| r.label == p.label)
+                .cloned()
+                .unwrap_or_else(|| crate::pool::Record::new(&p.label)),
         })
         .collect();
     (v, None)

@@ -221,48 +221,48 @@ pub async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut
 
 pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Answers every connection `accept` yields, until dropped.
+async fn accept_loop<S, F, Fut>(mut accept: F, source: Source)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
+    loop {
+        match accept().await {
+            Ok(s) => {
+                let src = source.clone();
+                tokio::spawn(answer(s, move || src()));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Serves metrics on `listen` until dropped.
 pub async fn serve(listen: crate::config::MetricsListen, account: String, source: Source) {
     use crate::config::MetricsListen;
+    let shown = match &listen {
+        MetricsListen::Tcp(a) => a.to_string(),
+        MetricsListen::Unix(p) => format!("unix:{}", p.display()),
+    };
+    let fail =
+        |e: std::io::Error| tracing::error!(account = %account, listen = %shown, error = %e, "metrics: cannot listen");
     match listen {
-        MetricsListen::Tcp(addr) => {
-            let l = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(account = %account, listen = %addr, error = %e, "metrics: cannot listen");
-                    return;
-                }
-            };
-            tracing::info!(account = %account, listen = %addr, "metrics served");
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let src = source.clone();
-                        tokio::spawn(answer(s, move || src()));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
+        MetricsListen::Tcp(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(account = %account, listen = %shown, "metrics served");
+                accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await
             }
-        }
-        MetricsListen::Unix(path) => {
-            let l = match crate::control::bind(&path) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(account = %account, listen = %path.display(), error = %e, "metrics: cannot listen");
-                    return;
-                }
-            };
-            tracing::info!(account = %account, listen = %path.display(), "metrics served");
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let src = source.clone();
-                        tokio::spawn(answer(s, move || src()));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
+            Err(e) => fail(e),
+        },
+        MetricsListen::Unix(path) => match crate::control::bind(&path) {
+            Ok(l) => {
+                tracing::info!(account = %account, listen = %shown, "metrics served");
+                accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await
             }
-        }
+            Err(e) => fail(e),
+        },
     }
 }
 

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -109,18 +108,7 @@ fn failover_when_the_active_proxy_dies() {
     assert_eq!(seen_ip(&a, &format!("http://{HOSTNAME}/")).unwrap(), e1);
 
     // A steady request loop (new connection each time) across the failure.
-    let script = a.dir.join("loop.py");
-    std::fs::write(&script, LOOP_PY).expect("script");
-    must(&format!("chmod 755 {} && chmod 644 {}", a.dir.display(), script.display()));
-    let looping = Command::new(BIN)
-        .arg("--policies")
-        .arg(&a.policy)
-        .args(["exec", &a.name, "--user", TEST_USER, "--", "/usr/bin/python3"])
-        .arg(&script)
-        .args([HOSTNAME, "12"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("loop");
+    let looping = a.python_spawn(LOOP_PY, &[HOSTNAME, "12"]);
     std::thread::sleep(Duration::from_secs(3));
     let killed_at = wall();
     topo.stop_proxy(0);
@@ -217,17 +205,7 @@ fn rotate_burn_reset_flows_and_restart() {
     wait_until("egress of p1", Duration::from_secs(10), || status_json(&a)["egress_ip"] == e1.as_str());
 
     // A WebSocket held open through p1.
-    let script = a.dir.join("ws.py");
-    std::fs::write(&script, WS_PY).expect("script");
-    must(&format!("chmod 755 {} && chmod 644 {}", a.dir.display(), script.display()));
-    let mut ws = Command::new(BIN)
-        .arg("--policies")
-        .arg(&a.policy)
-        .args(["exec", &a.name, "--user", TEST_USER, "--", "/usr/bin/python3"])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ws client");
+    let mut ws = a.python_spawn(WS_PY, &[]);
     let mut lines = std::io::BufReader::new(ws.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("first line").expect("read");
     assert_eq!(first, format!("first {e1}"));

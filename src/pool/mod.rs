@@ -54,7 +54,8 @@ pub struct Record {
 }
 
 impl Record {
-    fn new(label: &str) -> Record {
+    /// A member with no history: standby.
+    pub fn new(label: &str) -> Record {
         Record {
             label: label.into(),
             state: State::Standby,

@@ -496,6 +496,24 @@ impl Account {
         self.run(&format!("/usr/bin/python3 {} {args}", path.display()))
     }
 
+    /// Starts a Python script inside (as the test user) with its stdout
+    /// piped, without waiting for it.
+    pub fn python_spawn(&self, script: &str, args: &[&str]) -> Child {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let path = self.dir.join(format!("script{n}.py"));
+        std::fs::write(&path, script).expect("script");
+        must(&format!("chmod 755 {} && chmod 644 {}", self.dir.display(), path.display()));
+        Command::new(BIN)
+            .arg("--policies")
+            .arg(&self.policy)
+            .args(["exec", &self.name, "--user", TEST_USER, "--", "/usr/bin/python3"])
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python inside the account")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(format!("/run/nsproxy/{}/daemon.log", self.name)).unwrap_or_default()
     }
