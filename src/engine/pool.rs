@@ -317,6 +317,18 @@ impl Manager {
         r
     }
 
+    /// A health check of the active proxy `label`, counted towards its
+    /// failure threshold (a failure at the threshold triggers failover).
+    async fn check_active(&self, label: &str) -> Result<Duration, CheckError> {
+        let r = self.check(label).await;
+        let ev = match &r {
+            Ok(_) => self.h.lock().success(label, true, unix_now()),
+            Err(e) => self.h.lock().failure(label, &e.to_string(), false, unix_now()),
+        };
+        self.commit(ev);
+        r
+    }
+
     /// Fetches and records the egress IP through `label` (when the policy
     /// has an echo URL). A pinned-address mismatch makes it unhealthy.
     async fn egress(&self, label: &str) -> Option<Result<IpAddr, String>> {
@@ -398,12 +410,7 @@ impl Manager {
         let active = self.h.lock().active().map(str::to_string);
         match active {
             Some(label) if self.cfg.health.is_some() => {
-                let r = self.check(&label).await;
-                let ev = match &r {
-                    Ok(_) => self.h.lock().success(&label, true, unix_now()),
-                    Err(e) => self.h.lock().failure(&label, &e.to_string(), false, unix_now()),
-                };
-                self.commit(ev);
+                let _ = self.check_active(&label).await;
             }
             Some(_) => {}
             None => self.failover(Reason::Failover).await,
@@ -466,12 +473,7 @@ impl Manager {
         let Some(label) = self.h.lock().active().map(str::to_string) else {
             return Response::err(format!("account {}: no active proxy (every proxy is unusable)", self.h.account));
         };
-        let health = self.check(&label).await;
-        let ev = match &health {
-            Ok(_) => self.h.lock().success(&label, true, unix_now()),
-            Err(e) => self.h.lock().failure(&label, &e.to_string(), false, unix_now()),
-        };
-        self.commit(ev);
+        let health = self.check_active(&label).await;
         let egress = self.egress(&label).await;
         let ok = health.is_ok() && !matches!(egress, Some(Err(_)));
         let msg = format!(
