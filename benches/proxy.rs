@@ -120,7 +120,7 @@ async fn client(args: &[String]) {
                 scheme: nsproxy::config::Scheme::Socks5,
                 host: host.into(),
                 port: port.parse().expect("port"),
-                username: Some(rest[2].clone()),
+                username: Some(nsproxy::config::UserRef::Plain(rest[2].clone())),
                 password: None,
                 priority: 0,
                 enabled: true,
@@ -128,7 +128,10 @@ async fn client(args: &[String]) {
                 handshake_timeout: Duration::from_secs(10),
                 expected_egress_ip: None,
             },
-            password: Some(nsproxy::secrets::Secret::new(pass)),
+            creds: Some(nsproxy::secrets::Creds {
+                user: nsproxy::secrets::Secret::new(rest[2].clone()),
+                pass: nsproxy::secrets::Secret::new(pass),
+            }),
         });
         rest = &rest[4..];
     }

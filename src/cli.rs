@@ -101,12 +101,41 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Fernet keys and encrypted credentials (password_encrypted, username_encrypted).
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// The per-account daemon (started by `up`).
     #[command(hide = true)]
     Daemon {
         account: String,
         #[arg(long)]
         ready_fd: Option<i32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Write a new random Fernet key to PATH (mode 0600; refused if PATH exists).
+    NewKey { path: PathBuf },
+    /// Encrypt one value read from stdin (a prompt without echo on a terminal) and print its token.
+    Encrypt {
+        /// The Fernet key: the key alone, or a .env file holding it.
+        #[arg(long, value_name = "PATH")]
+        key_file: PathBuf,
+        /// The variable holding the key in a .env file with several values.
+        #[arg(long, value_name = "NAME")]
+        key_name: Option<String>,
+    },
+    /// Check that credentials resolve: every account's in the policy (or ACCOUNT's), as its
+    /// daemon would; or, with --key-file, tokens read from stdin, one per line.
+    Check {
+        account: Option<String>,
+        #[arg(long, value_name = "PATH", conflicts_with = "account")]
+        key_file: Option<PathBuf>,
+        #[arg(long, value_name = "NAME", requires = "key_file")]
+        key_name: Option<String>,
     },
 }
 

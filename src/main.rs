@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand};
+use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand, SecretCommand};
 use nsproxy::{commands, daemon, exec};
 
 fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
@@ -49,6 +49,18 @@ fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::Check { path } } => {
             return commands::policy_check(path.as_deref().unwrap_or(&cli.policies));
         }
+        Command::Secret { command } => match command {
+            SecretCommand::NewKey { path } => commands::secret::new_key(path),
+            SecretCommand::Encrypt { key_file, key_name } => commands::secret::encrypt(key_file, key_name.as_deref()),
+            SecretCommand::Check { account, key_file, key_name } => {
+                return commands::secret::check(
+                    &cli.policies,
+                    account.as_deref(),
+                    key_file.as_deref(),
+                    key_name.as_deref(),
+                );
+            }
+        },
         Command::Daemon { account, ready_fd } => {
             let fd = match ready_fd.map(nsproxy::sys::inherited_fd).transpose() {
                 Ok(fd) => fd,

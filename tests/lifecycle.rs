@@ -240,12 +240,12 @@ fn up_reports_the_daemons_real_error() {
     }
     let a = Account::new(
         "er",
-        "    proxies:\n      - label: p\n        url: socks5://127.0.0.1:9\n        username: u\n        password_env: NSPROXY_TEST_UNSET_VAR\n",
+        "    proxies:\n      - label: p\n        url: socks5://127.0.0.1:9\n        username: u\n        password_env: NSP_TEST_UNSET_VAR\n",
     );
     let o = a.cmd(&["up", &a.name]);
     assert!(!o.status.success());
     assert!(
-        err(&o).contains("environment variable NSPROXY_TEST_UNSET_VAR (password_env) is not set"),
+        err(&o).contains("environment variable NSP_TEST_UNSET_VAR (password_env) is not set"),
         "up must print the daemon's error: {}",
         err(&o)
     );

@@ -25,12 +25,69 @@ impl fmt::Display for Scheme {
     }
 }
 
-/// Where a proxy password comes from. Never the password itself.
+/// Where a proxy credential comes from. Never the value itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretRef {
+    /// A root-owned 0600/0400 file.
     File(PathBuf),
+    /// An environment variable of the daemon.
     Env(String),
+    /// A Fernet token, decrypted with the account's key file.
+    Encrypted(Token),
+}
+
+/// A Fernet token as written in the policy. Ciphertext, but still shown
+/// only by its first characters and length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let head: String = self.0.chars().take(8).collect();
+        write!(f, "Token({head}..., {} chars)", self.0.len())
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<fernet token>")
+    }
+}
+
+/// A proxy user name: written in the policy, or kept like a password.
+/// Provider user names often carry session ids, so `Debug` and `Serialize`
+/// never show a plain one either.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Plain(String),
+    Secret(SecretRef),
+}
+
+impl fmt::Debug for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserRef::Plain(_) => f.write_str("Plain(***)"),
+            UserRef::Secret(r) => write!(f, "Secret({r:?})"),
+        }
+    }
+}
+
+impl Serialize for UserRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            UserRef::Plain(_) => s.serialize_str("<plain>"),
+            UserRef::Secret(r) => r.serialize(s),
+        }
+    }
+}
+
+/// The Fernet key that decrypts the account's `*_encrypted` values: a file
+/// holding the key alone, or a `.env` file with the key under `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeySource {
+    pub file: PathBuf,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,7 +97,7 @@ pub struct ProxyEntry {
     /// Host name or IP literal, as written (without brackets).
     pub host: String,
     pub port: u16,
-    pub username: Option<String>,
+    pub username: Option<UserRef>,
     pub password: Option<SecretRef>,
     /// Lower number = preferred.
     pub priority: u32,
@@ -215,6 +272,8 @@ pub struct Account {
     /// Per-destination overrides, first match wins.
     pub rules: Vec<crate::rules::Rule>,
     pub metrics: Option<MetricsListen>,
+    /// The key for encrypted credentials (`secrets.key_file`).
+    pub secrets_key: Option<KeySource>,
 }
 
 impl Account {

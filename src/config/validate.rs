@@ -137,7 +137,11 @@ pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
     };
     let top = FieldPath::default();
     let mut accounts = Vec::new();
-    if let Some(m) = ctx.mapping(&root, &top, &["accounts"]) {
+    if let Some(m) = ctx.mapping(&root, &top, &["accounts", "secrets"]) {
+        let default_key = match m.get("secrets") {
+            None => Ok(None),
+            Some(v) => key_source(&mut ctx, v, &top.key("secrets")).map(Some).ok_or(()),
+        };
         match m.get("accounts") {
             None => ctx.problem(&top, "missing field \"accounts\" (a list of accounts)"),
             Some(Value::Sequence(seq)) => {
@@ -145,7 +149,7 @@ pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
                     ctx.problem(&top.key("accounts"), "expected at least one account");
                 }
                 for (i, v) in seq.iter().enumerate() {
-                    if let Some(a) = account(&mut ctx, v, &top.key("accounts").index(i)) {
+                    if let Some(a) = account(&mut ctx, v, &top.key("accounts").index(i), &default_key) {
                         accounts.push(a);
                     }
                 }
@@ -171,9 +175,11 @@ const ACCOUNT_KEYS: &[&str] = &[
     "egress_check",
     "rules",
     "metrics",
+    "secrets",
 ];
 
-fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
+/// `default_key`: the file's top-level `secrets` (`Err` if it was invalid).
+fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath, default_key: &Result<Option<KeySource>, ()>) -> Option<Account> {
     let m = ctx.mapping(v, path, ACCOUNT_KEYS)?;
     let name: Option<String> = ctx.require(m, "name", path, "the account name");
     let name = name.filter(|n| {
@@ -324,6 +330,23 @@ fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
         }
     };
 
+    let secrets_key = match m.get("secrets") {
+        Some(v) => key_source(ctx, v, &path.key("secrets")).map(Some),
+        None => default_key.clone().ok(),
+    };
+    if let (Some(None), Some(Value::Sequence(seq))) = (&secrets_key, m.get("proxies")) {
+        for (i, pv) in seq.iter().enumerate() {
+            for k in ["username_encrypted", "password_encrypted"] {
+                if pv.get(k).is_some() {
+                    ctx.problem(
+                        &path.key("proxies").index(i).key(k),
+                        "an encrypted value needs the Fernet key: set secrets.key_file in the account or at the top of the file",
+                    );
+                }
+            }
+        }
+    }
+
     Some(Account {
         name: name?,
         namespace: namespace?,
@@ -340,6 +363,7 @@ fn account(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Account> {
         egress_check: egress_check?,
         rules: rules?,
         metrics: metrics?,
+        secrets_key: secrets_key?,
     })
 }
 
@@ -347,9 +371,13 @@ const PROXY_KEYS: &[&str] = &[
     "label",
     "url",
     "username",
+    "username_file",
+    "username_env",
+    "username_encrypted",
     "password",
     "password_file",
     "password_env",
+    "password_encrypted",
     "priority",
     "enabled",
     "connect_timeout",
@@ -375,51 +403,49 @@ fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
             None
         }
     });
-    let username: Option<String> = ctx.get(m, "username", path, "a user name");
-    if let Some(u) = &username
-        && (u.is_empty() || u.len() > 255)
-    {
-        ctx.problem(&path.key("username"), "expected 1 to 255 bytes");
-    }
+    let username = match ctx.get::<String>(m, "username", path, "a user name") {
+        Some(u) if u.is_empty() || u.len() > 255 => {
+            ctx.problem(&path.key("username"), "expected 1 to 255 bytes");
+            Err(())
+        }
+        Some(u) => Ok(Some(UserRef::Plain(u))),
+        None if m.contains_key("username") => Err(()),
+        None => Ok(None),
+    };
     if m.contains_key("password") {
         ctx.problem(
             &path.key("password"),
-            "inline passwords are not accepted: put it in a root-owned 0600 file (password_file) or an environment variable of the daemon (password_env)",
+            "inline passwords are not accepted: use password_file (a root-owned 0600 file), password_env (an environment variable of the daemon) or password_encrypted (a Fernet token)",
         );
     }
-    let file: Option<PathBuf> = ctx.get(m, "password_file", path, "an absolute file path");
-    let env: Option<String> = ctx.get(m, "password_env", path, "an environment variable name");
-    let password = match (file, env) {
-        (Some(_), Some(_)) => {
-            ctx.problem(path, "give either password_file or password_env, not both");
-            None
+    let user_secret = secret_ref(ctx, m, path, "username");
+    let username = match (username, user_secret) {
+        (Ok(Some(_)), Ok(Some(_))) => {
+            ctx.problem(
+                path,
+                "give the user name one way: username, username_file, username_env or username_encrypted",
+            );
+            Err(())
         }
-        (Some(f), None) if !f.is_absolute() => {
-            ctx.problem(&path.key("password_file"), format!("expected an absolute path, got {:?}", f.display()));
-            None
-        }
-        (Some(f), None) => Some(SecretRef::File(f)),
-        (None, Some(e))
-            if e.is_empty()
-                || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || e.starts_with(|c: char| c.is_ascii_digit()) =>
-        {
-            ctx.problem(&path.key("password_env"), format!("invalid environment variable name {e:?}"));
-            None
-        }
-        (None, Some(e)) => Some(SecretRef::Env(e)),
-        (None, None) => None,
+        (Ok(None), Ok(Some(r))) => Ok(Some(UserRef::Secret(r))),
+        (Ok(u), Ok(None)) => Ok(u),
+        _ => Err(()),
     };
-    if username.is_some() != password.is_some() && !m.contains_key("password") {
-        let have_pw_field = m.contains_key("password_file") || m.contains_key("password_env");
-        if username.is_some() && !have_pw_field {
-            ctx.problem(path, "username given without password_file or password_env");
-        } else if username.is_none() && m.contains_key("username") {
-            // already reported as a bad username
-        } else if username.is_none() {
-            ctx.problem(path, "a password source is given without username");
+    let password = secret_ref(ctx, m, path, "password");
+    if let (Ok(u), Ok(pw)) = (&username, &password)
+        && u.is_some() != pw.is_some()
+        && !m.contains_key("password")
+    {
+        if u.is_some() {
+            ctx.problem(path, "a user name is given without password_file, password_env or password_encrypted");
+        } else {
+            ctx.problem(
+                path,
+                "a password is given without a user name (username, username_file, username_env or username_encrypted)",
+            );
         }
     }
+    let (username, password) = (username.ok(), password.ok());
     let priority = ctx.ranged(m, "priority", path, 0, u32::MAX as u64, 100).map(|n| n as u32);
     let enabled =
         if m.contains_key("enabled") { ctx.get::<bool>(m, "enabled", path, "true or false") } else { Some(true) };
@@ -442,14 +468,82 @@ fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
         scheme,
         host,
         port,
-        username,
-        password,
+        username: username?,
+        password: password?,
         priority: priority?,
         enabled: enabled?,
         connect_timeout: connect_timeout?,
         handshake_timeout: handshake_timeout?,
         expected_egress_ip: expected_egress_ip?,
     })
+}
+
+fn env_name_ok(e: &str) -> bool {
+    !e.is_empty()
+        && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !e.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// `<what>_file`, `<what>_env` or `<what>_encrypted`: at most one. `Err`
+/// when a problem was reported.
+fn secret_ref(ctx: &mut Ctx, m: &Mapping, path: &FieldPath, what: &str) -> Result<Option<SecretRef>, ()> {
+    let (kf, ke, kx) = (format!("{what}_file"), format!("{what}_env"), format!("{what}_encrypted"));
+    let given: Vec<&String> = [&kf, &ke, &kx].into_iter().filter(|k| m.contains_key(k.as_str())).collect();
+    if given.len() > 1 {
+        let names: Vec<&str> = given.iter().map(|s| s.as_str()).collect();
+        ctx.problem(path, format!("give one of {kf}, {ke} or {kx}, not {}", names.join(" and ")));
+        return Err(());
+    }
+    if m.contains_key(kf.as_str()) {
+        let f: PathBuf = ctx.get(m, &kf, path, "an absolute file path").ok_or(())?;
+        if !f.is_absolute() {
+            ctx.problem(&path.key(&kf), format!("expected an absolute path, got {:?}", f.display()));
+            return Err(());
+        }
+        return Ok(Some(SecretRef::File(f)));
+    }
+    if m.contains_key(ke.as_str()) {
+        let e: String = ctx.get(m, &ke, path, "an environment variable name").ok_or(())?;
+        if !env_name_ok(&e) {
+            ctx.problem(&path.key(&ke), format!("invalid environment variable name {e:?}"));
+            return Err(());
+        }
+        if e.starts_with("NSPROXY_") {
+            ctx.problem(&path.key(&ke), format!("{e}: NSPROXY_ variables are policy overrides; pick another name"));
+            return Err(());
+        }
+        return Ok(Some(SecretRef::Env(e)));
+    }
+    if m.contains_key(kx.as_str()) {
+        let t: String = ctx.get(m, &kx, path, "a Fernet token (gAAAAA...)").ok_or(())?;
+        let t = t.trim().to_string();
+        if let Err(e) = crate::secrets::fernet::token_shape(&t) {
+            ctx.problem(&path.key(&kx), format!("not a Fernet token: {e}"));
+            return Err(());
+        }
+        return Ok(Some(SecretRef::Encrypted(Token(t))));
+    }
+    Ok(None)
+}
+
+/// `secrets: {key_file, key_name}`: where the Fernet key is.
+fn key_source(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<KeySource> {
+    let m = ctx.mapping(v, path, &["key_file", "key_name"])?;
+    let file: PathBuf = ctx.require(m, "key_file", path, "the absolute path of the Fernet key file")?;
+    if !file.is_absolute() {
+        ctx.problem(&path.key("key_file"), format!("expected an absolute path, got {:?}", file.display()));
+        return None;
+    }
+    let name: Option<String> = match ctx.get::<String>(m, "key_name", path, "a variable name in the key file") {
+        Some(n) if !env_name_ok(&n) => {
+            ctx.problem(&path.key("key_name"), format!("invalid variable name {n:?}"));
+            return None;
+        }
+        Some(n) => Some(n),
+        None if m.contains_key("key_name") => return None,
+        None => None,
+    };
+    Some(KeySource { file, name })
 }
 
 /// `socks5://host:port` or `http://host:port`; no credentials, path or query.
@@ -463,7 +557,7 @@ pub fn parse_proxy_url(u: &str) -> Result<(Scheme, String, u16), String> {
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('@') {
-        return Err("credentials in the URL are not accepted: use username and password_file or password_env".into());
+        return Err("credentials in the URL are not accepted: use username and password_file, password_env or password_encrypted".into());
     }
     if rest.contains(['/', '?', '#']) {
         return Err(format!("{expected} (no path or query), got {u:?}"));

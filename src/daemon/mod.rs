@@ -69,15 +69,11 @@ struct Started {
 
 fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
     let account = config::load_account(policy, name)?;
-    let mut creds = Vec::new();
-    for p in &account.proxies {
-        creds.push(secrets::resolve(p).with_context(|| format!("account {name}"))?);
-    }
-    // The password variables are read; no program started later sees them.
-    for p in &account.proxies {
-        if let Some(config::SecretRef::Env(var)) = &p.password {
-            crate::sys::remove_env(var.as_ref());
-        }
+    let creds = secrets::resolve_account(&account).with_context(|| format!("account {name}"))?;
+    // The credential variables are read: wiped from this process's memory
+    // and /proc/<pid>/environ, so no program started later sees them.
+    for var in secrets::env_vars(&account) {
+        crate::sys::scrub_env(&var);
     }
     let rd = RunDir::new(name);
     rd.create().with_context(|| format!("account {name}"))?;

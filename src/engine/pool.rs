@@ -21,7 +21,7 @@ use crate::pool::{Event, Pool, Reason};
 use crate::proxy::probe::{self, CheckError};
 use crate::proxy::{ProxyError, Upstream};
 use crate::rules::{Action, Dest, Rule};
-use crate::secrets::Secret;
+use crate::secrets::Creds;
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -101,7 +101,7 @@ pub struct PoolHandle {
 impl PoolHandle {
     /// Loads the saved pool state (a corrupt file is an error: the daemon
     /// does not start) and resolves each member's credentials.
-    pub fn open(account: &Account, creds: Vec<Option<Secret>>) -> Result<Arc<PoolHandle>, StoreError> {
+    pub fn open(account: &Account, creds: Vec<Option<Creds>>) -> Result<Arc<PoolHandle>, StoreError> {
         let store = Store::new(&account.name);
         let saved = store.load()?;
         let (pool, events) = Pool::new(account, saved, unix_now());
@@ -110,7 +110,7 @@ impl PoolHandle {
             .iter()
             .zip(creds.into_iter().chain(std::iter::repeat(None)))
             .map(|(p, c)| {
-                let up = Arc::new(Upstream { entry: p.clone(), password: c });
+                let up = Arc::new(Upstream { entry: p.clone(), creds: c });
                 (p.label.clone(), (up, Arc::new(ProxyCounters::default())))
             })
             .collect();

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{ProxyEntry, Scheme};
-use crate::secrets::Secret;
+use crate::secrets::Creds;
 
 /// Where the program wanted to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl ProxyError {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub entry: ProxyEntry,
-    pub password: Option<Secret>,
+    pub creds: Option<Creds>,
 }
 
 /// A connected, handshaken stream, plus bytes that arrived after the
@@ -118,10 +118,7 @@ impl Upstream {
     async fn handshake(&self, mut s: TcpStream, target: &Target) -> Result<Connected, ProxyError> {
         let proxy = self.name();
         let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
-        let creds = match (&self.entry.username, &self.password) {
-            (Some(u), Some(p)) => Some((u.as_str(), p.expose())),
-            _ => None,
-        };
+        let creds = self.creds.as_ref().map(|c| (c.user.expose(), c.pass.expose()));
         let mut buf = Vec::with_capacity(512);
         match self.entry.scheme {
             Scheme::Socks5 => {

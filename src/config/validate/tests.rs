@@ -223,3 +223,99 @@ fn proxy_urls() {
         assert!(parse_proxy_url(bad).is_err(), "{bad} accepted");
     }
 }
+
+const TOKEN: &str =
+    "gAAAAABrBHBA83X4yRW12qUHRD91Dpp7PNF7CpQj1_9eNvPUQlG76gY5KUi4Ug_NxNOYD9buRP5zyqV9ujWHsblvMs3z_k6fcQ==";
+
+#[test]
+fn credential_sources() {
+    let text = format!(
+        "\
+secrets:
+  key_file: /etc/nsproxy/fernet.key
+accounts:
+  - name: a
+    proxies:
+      - label: enc
+        url: socks5://h:1
+        username_encrypted: {TOKEN}
+        password_encrypted: {TOKEN}
+      - label: env
+        url: socks5://h:2
+        username_env: PROXY_USER
+        password_env: PROXY_PASS
+  - name: b
+    secrets:
+      key_file: /srv/bot/.env
+      key_name: FERNET_KEY
+    proxies:
+      - label: f
+        url: http://h:3
+        username_file: /etc/nsproxy/u
+        password_encrypted: {TOKEN}
+"
+    );
+    let v = parse(&text).unwrap();
+    assert_eq!(v[0].secrets_key, Some(KeySource { file: "/etc/nsproxy/fernet.key".into(), name: None }));
+    assert_eq!(v[1].secrets_key.as_ref().and_then(|k| k.name.as_deref()), Some("FERNET_KEY"));
+    assert!(matches!(v[0].proxies[0].password, Some(SecretRef::Encrypted(_))));
+    assert_eq!(v[0].proxies[1].username, Some(UserRef::Secret(SecretRef::Env("PROXY_USER".into()))));
+    assert_eq!(v[1].proxies[0].username, Some(UserRef::Secret(SecretRef::File("/etc/nsproxy/u".into()))));
+    // Debug never shows a plain user name or a whole token.
+    let dbg = format!("{:?}", v[0]);
+    assert!(!dbg.contains(&TOKEN[10..30]), "{dbg}");
+}
+
+#[test]
+fn credential_errors_name_the_field() {
+    let text = format!(
+        "\
+accounts:
+  - name: a
+    proxies:
+      - label: p1
+        url: socks5://h:1
+        username: u
+        password_encrypted: {TOKEN}
+      - label: p2
+        url: socks5://h:1
+        username: u
+        username_env: U
+        password_file: /x
+      - label: p3
+        url: socks5://h:1
+        username: u
+        password_encrypted: notatoken
+      - label: p4
+        url: socks5://h:1
+        username: u
+        password_env: NSPROXY_PW
+      - label: p5
+        url: socks5://h:1
+        username: u
+        password_env: P
+        password_file: /p
+"
+    );
+    let errs = parse(&text).unwrap_err();
+    let all = errs.join("\n");
+    assert!(
+        all.contains("p.yaml:7: accounts[0].proxies[0].password_encrypted: an encrypted value needs the Fernet key"),
+        "{all}"
+    );
+    assert!(all.contains("p.yaml:8: accounts[0].proxies[1]: give the user name one way"), "{all}");
+    assert!(
+        all.contains("accounts[0].proxies[2].password_encrypted: not a Fernet token: not URL-safe base64"),
+        "{all}"
+    );
+    assert!(
+        all.contains("accounts[0].proxies[3].password_env: NSPROXY_PW: NSPROXY_ variables are policy overrides"),
+        "{all}"
+    );
+    assert!(
+        all.contains("accounts[0].proxies[4]: give one of password_file, password_env or password_encrypted, not password_file and password_env"),
+        "{all}"
+    );
+    // p3 also lacks the key.
+    assert_eq!(errs.len(), 6, "{all}");
+}

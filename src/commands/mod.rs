@@ -12,6 +12,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+pub mod secret;
+
 use crate::config;
 use crate::rundir::{self, RunDir};
 use crate::{link, netns};
@@ -28,7 +30,7 @@ pub fn policy_check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(accounts) => {
             let problems: Vec<config::Problem> =
-                accounts.iter().flat_map(crate::secrets::check_account_files).collect();
+                accounts.iter().flat_map(|a| crate::secrets::check_account(a, false)).collect();
             if problems.is_empty() {
                 println!(
                     "OK: {} account(s) in {} file(s): {}",
@@ -114,6 +116,11 @@ pub fn up(policy: &Path, account: &str, foreground: bool, daemon_log: DaemonLog<
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("log")?).stderr(log).process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("account {account}: cannot start the daemon"))?;
     drop(w);
+    // The daemon has its copy of the credential variables; this process
+    // keeps none (it stays around until the daemon is ready).
+    for var in crate::secrets::env_vars(&a) {
+        crate::sys::scrub_env(&var);
+    }
     let line = read_ready(&mut r, Duration::from_secs(30));
     match line {
         Some(l) if l.starts_with("READY") => {

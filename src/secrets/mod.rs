@@ -1,0 +1,265 @@
+//! Proxy credentials: resolved from their reference (a root-owned file, an
+//! environment variable of the daemon, or a Fernet token decrypted with the
+//! account's key file) when a daemon starts, and kept in a type whose
+//! `Debug` and `Display` never show the value.
+
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::config::{Account, KeySource, Problem, ProxyEntry, SecretRef, Token, UserRef};
+
+pub mod fernet;
+
+/// A secret value. Shown as `***` everywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A proxy's resolved user name and password.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub user: Secret,
+    pub pass: Secret,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("proxy {proxy}: {field} {path}: {reason}")]
+    File { proxy: String, field: String, path: String, reason: String },
+    #[error("proxy {proxy}: environment variable {var} ({field}) is not set in the daemon's environment")]
+    EnvMissing { proxy: String, field: String, var: String },
+    #[error("key file {path} (secrets.key_file): {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("proxy {proxy}: {field} {source} (key file {key})")]
+    Decrypt { proxy: String, field: String, key: String, source: fernet::DecryptError },
+    #[error("proxy {proxy}: {field}: {reason}")]
+    Value { proxy: String, field: String, reason: String },
+    #[error("proxy {proxy}: {field} is encrypted but the account has no secrets.key_file")]
+    NoKey { proxy: String, field: String },
+}
+
+/// Checks a secret file the way the daemon will read it: a regular file,
+/// not a symlink, owned by root, mode 0600 or 0400. Returns why not.
+pub fn check_file(path: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err("is a symlink; name the real file instead".into());
+    }
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.uid() != 0 {
+        return Err(format!("is owned by uid {}, not root; fix with: chown root:root {}", meta.uid(), path.display()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode != 0o600 && mode != 0o400 {
+        return Err(format!("has mode {mode:04o}, expected 0600 or 0400; fix with: chmod 600 {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Reads a checked secret file (at most 64 KiB) through O_NOFOLLOW.
+fn read_file(path: &Path) -> Result<String, String> {
+    check_file(path)?;
+    let mut f =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    f.by_ref().take(64 * 1024).read_to_string(&mut s).map_err(|e| format!("cannot read: {e}"))?;
+    Ok(s)
+}
+
+/// The first line of a credential file, without its line ending.
+fn first_line(text: &str) -> &str {
+    let s = text.strip_suffix('\n').unwrap_or(text);
+    s.strip_suffix('\r').unwrap_or(s)
+}
+
+/// Loads the account's Fernet key.
+pub fn load_key(k: &KeySource) -> Result<fernet::Key, SecretError> {
+    let err = |reason: String| SecretError::KeyFile { path: k.file.display().to_string(), reason };
+    let text = read_file(&k.file).map_err(err)?;
+    fernet::parse_key_file(&text, k.name.as_deref()).map_err(|e| err(e.to_string()))
+}
+
+fn resolve_ref(
+    r: &SecretRef,
+    key: Option<&fernet::Key>,
+    ks: Option<&KeySource>,
+    proxy: &ProxyEntry,
+    field: &str,
+) -> Result<Secret, SecretError> {
+    let value = match r {
+        SecretRef::File(path) => {
+            read_file(path).map(|t| first_line(&t).to_string()).map_err(|reason| SecretError::File {
+                proxy: proxy.display_name(),
+                field: format!("{field}_file"),
+                path: path.display().to_string(),
+                reason,
+            })?
+        }
+        SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretError::EnvMissing {
+            proxy: proxy.display_name(),
+            field: format!("{field}_env"),
+            var: var.clone(),
+        })?,
+        SecretRef::Encrypted(Token(t)) => {
+            let key = key.ok_or_else(|| SecretError::NoKey {
+                proxy: proxy.display_name(),
+                field: format!("{field}_encrypted"),
+            })?;
+            fernet::decrypt(key, t).map_err(|source| SecretError::Decrypt {
+                proxy: proxy.display_name(),
+                field: format!("{field}_encrypted"),
+                key: ks.map(|k| k.file.display().to_string()).unwrap_or_default(),
+                source,
+            })?
+        }
+    };
+    let reason = if value.is_empty() {
+        Some("is empty")
+    } else if value.len() > 255 {
+        Some("is longer than 255 bytes (SOCKS5 and most proxies refuse that)")
+    } else if value.contains(['\n', '\r', '\0']) {
+        Some("contains a line break or NUL")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => {
+            Err(SecretError::Value { proxy: proxy.display_name(), field: field.into(), reason: reason.into() })
+        }
+        None => Ok(Secret(value)),
+    }
+}
+
+/// Every proxy's credentials, in policy order. Any failure stops the
+/// account (fail closed): no proxy is ever used without its credentials.
+pub fn resolve_account(a: &Account) -> Result<Vec<Option<Creds>>, SecretError> {
+    let needs_key = a.proxies.iter().any(|p| {
+        matches!(p.password, Some(SecretRef::Encrypted(_)))
+            || matches!(p.username, Some(UserRef::Secret(SecretRef::Encrypted(_))))
+    });
+    let key = match (&a.secrets_key, needs_key) {
+        (Some(k), true) => Some(load_key(k)?),
+        _ => None,
+    };
+    let ks = a.secrets_key.as_ref();
+    a.proxies
+        .iter()
+        .map(|p| {
+            let user = match &p.username {
+                None => return Ok(None),
+                Some(UserRef::Plain(u)) => Secret(u.clone()),
+                Some(UserRef::Secret(r)) => resolve_ref(r, key.as_ref(), ks, p, "username")?,
+            };
+            match &p.password {
+                None => Ok(None),
+                Some(r) => Ok(Some(Creds { user, pass: resolve_ref(r, key.as_ref(), ks, p, "password")? })),
+            }
+        })
+        .collect()
+}
+
+/// The environment variables the account's credentials come from: read by
+/// the daemon, scrubbed from every nsproxy process, never handed on.
+pub fn env_vars(a: &Account) -> Vec<String> {
+    let mut v = Vec::new();
+    for p in &a.proxies {
+        if let Some(SecretRef::Env(e)) = &p.password {
+            v.push(e.clone());
+        }
+        if let Some(UserRef::Secret(SecretRef::Env(e))) = &p.username {
+            v.push(e.clone());
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `policy check` and `secret check`: every credential the daemon would
+/// refuse, as problems naming the field (never a value). Environment
+/// variables are checked only when `with_env` (they belong to the daemon,
+/// not to whoever runs the check).
+pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let problem = |field: String, message: String| Problem { file: a.origin.file.clone(), line: None, field, message };
+    let key = match &a.secrets_key {
+        Some(k) => match load_key(k) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                out.push(problem(format!("account {}: secrets.key_file", a.name), e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    for (i, p) in a.proxies.iter().enumerate() {
+        let user = match &p.username {
+            Some(UserRef::Secret(r)) => Some(("username", r)),
+            _ => None,
+        };
+        let pass = p.password.as_ref().map(|r| ("password", r));
+        for (field, r) in user.into_iter().chain(pass) {
+            let skip = match r {
+                SecretRef::Env(_) => !with_env,
+                SecretRef::Encrypted(_) => key.is_none() && a.secrets_key.is_some(),
+                SecretRef::File(_) => false,
+            };
+            if skip {
+                continue;
+            }
+            if let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), p, field) {
+                let suffix = match r {
+                    SecretRef::File(_) => "_file",
+                    SecretRef::Env(_) => "_env",
+                    SecretRef::Encrypted(_) => "_encrypted",
+                };
+                out.push(problem(format!("account {}: proxies[{i}].{field}{suffix}", a.name), e.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+    #[test]
+    fn missing_file_is_named() {
+        let e = check_file(Path::new("/nonexistent/nsproxy-secret")).unwrap_err();
+        assert_eq!(e, "does not exist");
+    }
+}
