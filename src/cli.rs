@@ -18,6 +18,13 @@ pub struct Cli {
     /// Policy file, or directory of *.yaml policy files.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_POLICIES)]
     pub policies: PathBuf,
+    /// Whether --policies was given (exec refuses one that is not the daemon's).
+    #[arg(skip)]
+    pub policies_given: bool,
+    /// Override a policy field, e.g. --set accounts.account-a.dns.mode=tcp (repeatable; wins
+    /// over NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__MODE=tcp in the environment, which wins over the file).
+    #[arg(long = "set", global = true, value_name = "FIELD=VALUE")]
+    pub set: Vec<String>,
     /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -26,6 +33,22 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line, noting which global options were given.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+        let given =
+            |m: &clap::ArgMatches| matches!(m.value_source("policies"), Some(clap::parser::ValueSource::CommandLine));
+        cli.policies_given = given(&matches) || matches.subcommand().is_some_and(|(_, sub)| given(sub));
+        cli
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -145,5 +168,11 @@ pub enum PolicyCommand {
     Check {
         /// File or directory (default: --policies).
         path: Option<PathBuf>,
+    },
+    /// Print the effective policy (files, then NSPROXY_ variables, then --set) as JSON.
+    /// Credentials are shown by source only.
+    Show {
+        /// One account (default: all).
+        account: Option<String>,
     },
 }

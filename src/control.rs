@@ -34,6 +34,15 @@ pub enum Request {
     },
     /// Health and egress check of the active proxy now.
     Check,
+    /// `nsproxy exec` refused someone: the daemon logs it with the
+    /// account's other events.
+    ExecRefused {
+        /// Who asked (the sudo caller, or root).
+        caller: String,
+        /// Who the program would have run as.
+        user: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,12 @@ pub enum ExecError {
     NotAllowed { user: String, account: String, users: String, groups: String },
     #[error("sudo caller {caller} may not run programs as {user}")]
     OtherUser { caller: String, user: String },
+    #[error(
+        "account {account} runs with policy {running}; exec takes its policy from the running daemon and refuses --policies {given}"
+    )]
+    OtherPolicy { account: String, given: String, running: String },
+    #[error("exec takes its policy from the running daemon of account {0}; --set does not apply to it")]
+    Overrides(String),
     #[error("account {account}: {op}: {source}")]
     Sys { account: String, op: String, source: nix::Error },
     #[error("command not found: {0}")]
@@ -41,6 +47,19 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Refusals an operator should hear about: logged by the daemon.
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ExecError::NotAllowed { .. }
+                | ExecError::OtherUser { .. }
+                | ExecError::RootTarget(_)
+                | ExecError::UnknownUser(_)
+                | ExecError::OtherPolicy { .. }
+                | ExecError::Overrides(_)
+        )
+    }
+
     /// Shell conventions: 127 command not found, 126 cannot execute.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -98,15 +117,47 @@ fn target_user(state: &State, user_arg: Option<&str>) -> Result<User, ExecError>
     Ok(user)
 }
 
-/// Enters the account and execs `cmd`. Returns only on error.
-pub fn exec(account: &str, user_arg: Option<&str>, cmd: &[OsString]) -> ExecError {
-    match exec_inner(account, user_arg, cmd) {
-        Ok(never) => match never {},
-        Err(e) => e,
+/// What the caller asked for on the command line.
+pub struct Asked<'a> {
+    pub user: Option<&'a str>,
+    /// `--policies`, when given explicitly.
+    pub policies: Option<&'a Path>,
+    pub sets: &'a [String],
+}
+
+/// The person behind this exec: the sudo caller, or root itself.
+fn caller() -> String {
+    match std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) {
+        Some(uid) => {
+            let name = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_default();
+            format!("{name} (uid {uid})")
+        }
+        None => format!("uid {}", nix::unistd::getuid()),
     }
 }
 
-fn exec_inner(account: &str, user_arg: Option<&str>, cmd: &[OsString]) -> Result<std::convert::Infallible, ExecError> {
+/// Enters the account and execs `cmd`. Returns only on error. Access
+/// refusals are also sent to the account's daemon, which logs them.
+pub fn exec(account: &str, asked: Asked<'_>, cmd: &[OsString]) -> ExecError {
+    let err = match exec_inner(account, &asked, cmd) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    if err.is_refusal() {
+        let req = crate::control::Request::ExecRefused {
+            caller: caller(),
+            user: asked.user.map(str::to_string).unwrap_or_else(|| "(sudo caller)".into()),
+            reason: err.to_string(),
+        };
+        let path = RunDir::new(account).ctl_path();
+        if let Err(e) = crate::control::call(&path, &req, std::time::Duration::from_secs(2)) {
+            eprintln!("nsproxy: could not log the refusal with the daemon: {e}");
+        }
+    }
+    err
+}
+
+fn exec_inner(account: &str, asked: &Asked<'_>, cmd: &[OsString]) -> Result<std::convert::Infallible, ExecError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ExecError::NotRoot);
     }
@@ -118,7 +169,20 @@ fn exec_inner(account: &str, user_arg: Option<&str>, cmd: &[OsString]) -> Result
     if !rd.daemon_alive() || !crate::netns::exists(&state.namespace) {
         return Err(ExecError::NotUp(account.into()));
     }
-    let user = target_user(&state, user_arg)?;
+    if let Some(given) = asked.policies {
+        let canon = given.canonicalize().unwrap_or_else(|_| given.to_path_buf());
+        if canon != state.policy {
+            return Err(ExecError::OtherPolicy {
+                account: account.into(),
+                given: given.display().to_string(),
+                running: state.policy.display().to_string(),
+            });
+        }
+    }
+    if !asked.sets.is_empty() {
+        return Err(ExecError::Overrides(account.into()));
+    }
+    let user = target_user(&state, asked.user)?;
     let sys = |op: &str| {
         let account = account.to_string();
         let op = op.to_string();
@@ -164,7 +228,11 @@ fn exec_inner(account: &str, user_arg: Option<&str>, cmd: &[OsString]) -> Result
     let vars: Vec<OsString> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in vars {
         let ks = k.to_string_lossy();
-        if ks.starts_with("NSPROXY_") || ks.starts_with("SUDO_") || ks == "RUST_LOG" {
+        if ks.starts_with("NSPROXY_")
+            || ks.starts_with("SUDO_")
+            || ks == "RUST_LOG"
+            || state.secret_env.iter().any(|s| *s == ks)
+        {
             crate::sys::remove_env(&k);
         }
     }

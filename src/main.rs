@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand, SecretCommand};
 use nsproxy::{commands, daemon, exec};
 
@@ -18,24 +17,30 @@ fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // `exec` first: no runtime, no thread, nothing else may have started.
     if let Command::Exec { account, user, command } = &cli.command {
         init_logging(cli.log_level.as_deref(), cli.log_format, "warn");
-        let err = exec::exec(account, user.as_deref(), command);
+        let asked = exec::Asked {
+            user: user.as_deref(),
+            policies: cli.policies_given.then_some(cli.policies.as_path()),
+            sets: &cli.set,
+        };
+        let err = exec::exec(account, asked, command);
         eprintln!("nsproxy: {err}");
         return ExitCode::from(err.exit_code() as u8);
     }
     let is_daemon = matches!(cli.command, Command::Daemon { .. } | Command::Up { foreground: true, .. });
     init_logging(cli.log_level.as_deref(), cli.log_format, if is_daemon { "info" } else { "warn" });
+    let policy = nsproxy::config::Policy::from_process(cli.policies.clone(), cli.set.clone());
     let res = match &cli.command {
         Command::Up { account, foreground } => {
             let log = commands::DaemonLog { level: cli.log_level.as_deref(), json: cli.log_format == LogFormat::Json };
-            commands::up(&cli.policies, account, *foreground, log)
+            commands::up(&policy, account, *foreground, log)
         }
-        Command::Down { account, kill } => commands::down(&cli.policies, account, *kill),
-        Command::Status { account, json } => commands::status(&cli.policies, account.as_deref(), *json),
-        Command::List { json } => commands::list(&cli.policies, *json),
+        Command::Down { account, kill } => commands::down(&policy, account, *kill),
+        Command::Status { account, json } => commands::status(&policy, account.as_deref(), *json),
+        Command::List { json } => commands::list(&policy, *json),
         Command::Rotate { account, to, burn, burn_for, reset_flows, json } => {
             let r = commands::RotateArgs {
                 to: to.clone(),
@@ -47,18 +52,20 @@ fn main() -> ExitCode {
         }
         Command::Check { account, json } => commands::check(account, *json),
         Command::Policy { command: PolicyCommand::Check { path } } => {
-            return commands::policy_check(path.as_deref().unwrap_or(&cli.policies));
+            let p = match path {
+                Some(p) => nsproxy::config::Policy { path: p.clone(), ..policy },
+                None => policy,
+            };
+            return commands::policy_check(&p);
+        }
+        Command::Policy { command: PolicyCommand::Show { account } } => {
+            commands::policy_show(&policy, account.as_deref())
         }
         Command::Secret { command } => match command {
             SecretCommand::NewKey { path } => commands::secret::new_key(path),
             SecretCommand::Encrypt { key_file, key_name } => commands::secret::encrypt(key_file, key_name.as_deref()),
             SecretCommand::Check { account, key_file, key_name } => {
-                return commands::secret::check(
-                    &cli.policies,
-                    account.as_deref(),
-                    key_file.as_deref(),
-                    key_name.as_deref(),
-                );
+                return commands::secret::check(&policy, account.as_deref(), key_file.as_deref(), key_name.as_deref());
             }
         },
         Command::Daemon { account, ready_fd } => {
@@ -69,7 +76,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            daemon::run(account, &cli.policies, fd)
+            daemon::run(account, &policy, fd)
         }
         Command::Exec { .. } => unreachable!("handled above"),
     };

@@ -41,6 +41,10 @@ pub struct State {
     /// Local users and groups allowed to `exec` (names, as in the policy).
     pub exec_users: Vec<String>,
     pub exec_groups: Vec<String>,
+    /// Names (never values) of the environment variables the credentials
+    /// came from: `exec` removes them from the program's environment.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
     pub started_at_unix: u64,
 }
 

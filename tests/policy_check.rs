@@ -22,7 +22,8 @@ fn shipped_examples_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
     // Password files of the examples do not exist here; check parsing and
     // validation through the library, and the CLI for the whole directory.
-    let accounts = nsproxy::config::load(&dir).unwrap_or_else(|p| panic!("examples invalid:\n{p}"));
+    let accounts =
+        nsproxy::config::load(&dir, &Default::default()).unwrap_or_else(|p| panic!("examples invalid:\n{p}"));
     let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, vec!["account-a", "account-b", "account-c"]);
     let (ok, text) = check(&dir);

@@ -3,7 +3,6 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,9 +24,9 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn policy_check(path: &Path) -> ExitCode {
-    let files = config::policy_files(path).map(|f| f.len()).unwrap_or(0);
-    match config::load(path) {
+pub fn policy_check(policy: &config::Policy) -> ExitCode {
+    let files = config::policy_files(&policy.path).map(|f| f.len()).unwrap_or(0);
+    match policy.load() {
         Ok(accounts) => {
             let problems: Vec<config::Problem> =
                 accounts.iter().flat_map(|a| crate::secrets::check_account(a, false)).collect();
@@ -58,6 +57,22 @@ pub fn policy_check(path: &Path) -> ExitCode {
     }
 }
 
+/// `policy show`: the accounts as the daemon would see them.
+pub fn policy_show(policy: &config::Policy, account: Option<&str>) -> anyhow::Result<()> {
+    let accounts = policy.load().map_err(|p| anyhow!("policy {} is invalid:\n{p}", policy.path.display()))?;
+    let chosen: Vec<&config::Account> = match account {
+        Some(name) => vec![
+            accounts
+                .iter()
+                .find(|a| a.name == name)
+                .ok_or_else(|| anyhow!("no account named {name:?} in policy {}", policy.path.display()))?,
+        ],
+        None => accounts.iter().collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&chosen)?);
+    Ok(())
+}
+
 /// How the daemon started by `up` logs: the `--log-level` and
 /// `--log-format` given to `up`.
 pub struct DaemonLog<'a> {
@@ -65,9 +80,9 @@ pub struct DaemonLog<'a> {
     pub json: bool,
 }
 
-pub fn up(policy: &Path, account: &str, foreground: bool, daemon_log: DaemonLog<'_>) -> anyhow::Result<()> {
+pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: DaemonLog<'_>) -> anyhow::Result<()> {
     require_root("up")?;
-    let a = config::load_account(policy, account)?;
+    let a = policy.load_account(account)?;
     let rd = RunDir::new(account);
     if rd.daemon_alive() && !(netns::exists(&a.namespace) && link::tun_present(&a.namespace)) {
         // A daemon without its TUN is on its way out (or broken): give it
@@ -106,7 +121,12 @@ pub fn up(policy: &Path, account: &str, foreground: bool, daemon_log: DaemonLog<
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     let exe = std::env::current_exe().context("cannot find the nsproxy binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("daemon").arg(account).arg("--policies").arg(policy).arg("--ready-fd").arg(wfd.to_string());
+    cmd.arg("daemon").arg(account).arg("--policies").arg(&policy.path).arg("--ready-fd").arg(wfd.to_string());
+    // The daemon inherits the environment (and its NSPROXY_ overrides);
+    // the command-line overrides are handed on as they were given.
+    for s in &policy.sets {
+        cmd.arg("--set").arg(s);
+    }
     if let Some(l) = daemon_log.level {
         cmd.arg("--log-level").arg(l);
     }
@@ -178,11 +198,12 @@ fn read_ready(r: &mut std::os::fd::OwnedFd, timeout: Duration) -> Option<String>
 
 /// The namespace of an account: from its state, else from the policy, else
 /// the default name.
-fn namespace_of(policy: &Path, account: &str, rd: &RunDir) -> String {
+fn namespace_of(policy: &config::Policy, account: &str, rd: &RunDir) -> String {
     if let Ok(Some(s)) = rd.read_state() {
         return s.namespace;
     }
-    config::load(policy)
+    policy
+        .load()
         .ok()
         .and_then(|v| v.into_iter().find(|a| a.name == account).map(|a| a.namespace))
         .unwrap_or_else(|| format!("nsp-{account}"))
@@ -201,7 +222,7 @@ fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
     }
 }
 
-pub fn down(policy: &Path, account: &str, kill_programs: bool) -> anyhow::Result<()> {
+pub fn down(policy: &config::Policy, account: &str, kill_programs: bool) -> anyhow::Result<()> {
     require_root("down")?;
     let rd = RunDir::new(account);
     let ns = namespace_of(policy, account, &rd);
@@ -422,8 +443,8 @@ fn account_status(account: &str, from_policy: Option<&config::Account>) -> Accou
     }
 }
 
-fn all_status(policy: &Path) -> Vec<AccountStatus> {
-    let from_policy = config::load(policy).unwrap_or_default();
+fn all_status(policy: &config::Policy) -> Vec<AccountStatus> {
+    let from_policy = policy.load().unwrap_or_default();
     let mut names: Vec<String> = from_policy.iter().map(|a| a.name.clone()).collect();
     for n in rundir::accounts_with_rundir() {
         if !names.contains(&n) {
@@ -434,13 +455,13 @@ fn all_status(policy: &Path) -> Vec<AccountStatus> {
     names.iter().map(|n| account_status(n, from_policy.iter().find(|a| &a.name == n))).collect()
 }
 
-pub fn status(policy: &Path, account: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> anyhow::Result<()> {
     require_root("status")?;
     let list = match account {
         Some(a) => {
-            let p = config::load(policy).ok().and_then(|v| v.into_iter().find(|x| x.name == a));
+            let p = policy.load().ok().and_then(|v| v.into_iter().find(|x| x.name == a));
             if p.is_none() && !RunDir::new(a).exists() {
-                bail!("unknown account {a:?}: not in policy {} and not up", policy.display());
+                bail!("unknown account {a:?}: not in policy {} and not up", policy.path.display());
             }
             vec![account_status(a, p.as_ref())]
         }
@@ -529,7 +550,7 @@ fn ago(secs: u64, word: &str) -> String {
     }
 }
 
-pub fn list(policy: &Path, json: bool) -> anyhow::Result<()> {
+pub fn list(policy: &config::Policy, json: bool) -> anyhow::Result<()> {
     require_root("list")?;
     let list = all_status(policy);
     if json {

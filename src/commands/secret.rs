@@ -99,7 +99,12 @@ pub fn encrypt(key_file: &Path, key_name: Option<&str>) -> anyhow::Result<()> {
 /// With `key_file`: checks tokens read from stdin, one per line. Without:
 /// resolves every credential of the policy's accounts (or of `account`)
 /// the way the daemon would, reporting fields, never values.
-pub fn check(policies: &Path, account: Option<&str>, key_file: Option<&Path>, key_name: Option<&str>) -> ExitCode {
+pub fn check(
+    policies: &config::Policy,
+    account: Option<&str>,
+    key_file: Option<&Path>,
+    key_name: Option<&str>,
+) -> ExitCode {
     match check_inner(policies, account, key_file, key_name) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -111,7 +116,7 @@ pub fn check(policies: &Path, account: Option<&str>, key_file: Option<&Path>, ke
 }
 
 fn check_inner(
-    policies: &Path,
+    policies: &config::Policy,
     account: Option<&str>,
     key_file: Option<&Path>,
     key_name: Option<&str>,
@@ -140,13 +145,13 @@ fn check_inner(
         println!("{} token(s), {} failed", n, bad);
         return Ok(bad == 0);
     }
-    let accounts = config::load(policies).map_err(|p| anyhow!("policy {} is invalid:\n{p}", policies.display()))?;
+    let accounts = policies.load().map_err(|p| anyhow!("policy {} is invalid:\n{p}", policies.path.display()))?;
     let chosen: Vec<&config::Account> = match account {
         Some(name) => {
             let a = accounts
                 .iter()
                 .find(|a| a.name == name)
-                .ok_or_else(|| anyhow!("no account named {name:?} in policy {}", policies.display()))?;
+                .ok_or_else(|| anyhow!("no account named {name:?} in policy {}", policies.path.display()))?;
             vec![a]
         }
         None => accounts.iter().collect(),

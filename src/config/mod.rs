@@ -4,13 +4,15 @@
 pub mod duration;
 pub mod lines;
 pub mod model;
+pub mod overrides;
 mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
-pub use validate::{parse_proxy_url, parse_str};
+pub use overrides::Overrides;
+pub use validate::{parse_proxy_url, parse_str, parse_str_with};
 
 /// One problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +22,20 @@ pub struct Problem {
     /// Field path such as `accounts[0].proxies[1].port`; empty for the file.
     pub field: String,
     pub message: String,
+    /// The environment variable or `--set` argument that set this field.
+    pub via: Option<String>,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(via) = &self.via {
+            // The value came from an override: name it first.
+            return if self.field.is_empty() {
+                write!(f, "{via}: {} (policy {})", self.message, self.file.display())
+            } else {
+                write!(f, "{via}: {} in {}: {}", self.field, self.file.display(), self.message)
+            };
+        }
         write!(f, "{}", self.file.display())?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
@@ -56,7 +68,8 @@ impl std::error::Error for Problems {}
 /// The policy files under `path`: the file itself, or every `*.yaml`/`*.yml`
 /// in the directory (not recursive), sorted.
 pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Problem> {
-    let problem = |m: String| Problem { file: path.to_path_buf(), line: None, field: String::new(), message: m };
+    let problem =
+        |m: String| Problem { file: path.to_path_buf(), line: None, field: String::new(), message: m, via: None };
     let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read policy path: {e}")))?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -73,25 +86,54 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Problem> {
     Ok(files)
 }
 
-/// Loads and validates every policy file under `path`. Account names and
-/// namespaces must be unique across all files.
-pub fn load(path: &Path) -> Result<Vec<Account>, Problems> {
+/// Loads and validates every policy file under `path`, with the overrides
+/// (environment, then `--set`) applied. Account names and namespaces must
+/// be unique across all files; every override must reach an account.
+pub fn load(path: &Path, ov: &Overrides) -> Result<Vec<Account>, Problems> {
     let files = policy_files(path).map_err(|p| Problems(vec![p]))?;
     let mut accounts: Vec<Account> = Vec::new();
-    let mut problems = Vec::new();
+    let mut problems: Vec<Problem> = ov
+        .problems
+        .iter()
+        .map(|(via, m)| Problem {
+            file: path.to_path_buf(),
+            line: None,
+            field: String::new(),
+            message: m.clone(),
+            via: Some(via.clone()),
+        })
+        .collect();
+    let mut reached = vec![false; ov.items.len()];
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let (mut a, mut p) = validate::parse_one(&file, &text);
+                let (mut a, mut p, r) = validate::parse_one(&file, &text, ov);
                 accounts.append(&mut a);
                 problems.append(&mut p);
+                reached.iter_mut().zip(r).for_each(|(x, y)| *x |= y);
             }
             Err(e) => problems.push(Problem {
                 file: file.clone(),
                 line: None,
                 field: String::new(),
                 message: format!("cannot read: {e}"),
+                via: None,
             }),
+        }
+    }
+    for (o, reached) in ov.items.iter().zip(reached) {
+        if !reached && o.path[0] == "accounts" {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line: None,
+                field: String::new(),
+                message: format!(
+                    "no account named {} in the policy (accounts there: {})",
+                    o.path[1],
+                    accounts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                via: Some(o.source.clone()),
+            });
         }
     }
     validate::check_unique(&accounts, &mut problems);
@@ -99,8 +141,8 @@ pub fn load(path: &Path) -> Result<Vec<Account>, Problems> {
 }
 
 /// Loads the policy and returns the named account.
-pub fn load_account(path: &Path, name: &str) -> Result<Account, anyhow::Error> {
-    let accounts = load(path).map_err(|p| anyhow::anyhow!("policy {} is invalid:\n{p}", path.display()))?;
+pub fn load_account(path: &Path, ov: &Overrides, name: &str) -> Result<Account, anyhow::Error> {
+    let accounts = load(path, ov).map_err(|p| anyhow::anyhow!("policy {} is invalid:\n{p}", path.display()))?;
     let known: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
     accounts.into_iter().find(|a| a.name == name).ok_or_else(|| {
         anyhow::anyhow!(
@@ -109,4 +151,36 @@ pub fn load_account(path: &Path, name: &str) -> Result<Account, anyhow::Error> {
             if known.is_empty() { "none".to_string() } else { known.join(", ") }
         )
     })
+}
+
+/// Where a command's policy comes from: the files under `path`, then the
+/// overrides from the environment and `--set` (kept to hand on to the
+/// daemon).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub overrides: Overrides,
+    pub sets: Vec<String>,
+}
+
+impl Policy {
+    /// The policy at `path` with this process's `NSPROXY_*` variables and
+    /// the `--set` arguments.
+    pub fn from_process(path: PathBuf, sets: Vec<String>) -> Policy {
+        let overrides = Overrides::gather(std::env::vars(), &sets);
+        Policy { path, overrides, sets }
+    }
+
+    /// The files alone, no override.
+    pub fn plain(path: &Path) -> Policy {
+        Policy { path: path.to_path_buf(), overrides: Overrides::default(), sets: Vec::new() }
+    }
+
+    pub fn load(&self) -> Result<Vec<Account>, Problems> {
+        load(&self.path, &self.overrides)
+    }
+
+    pub fn load_account(&self, name: &str) -> Result<Account, anyhow::Error> {
+        load_account(&self.path, &self.overrides, name)
+    }
 }

@@ -9,6 +9,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::lines::{FieldPath, LineIndex};
 use super::model::*;
+use super::overrides::{self, Applied, Overrides};
 use super::{Problem, Problems, duration};
 
 pub const DEFAULT_MTU: u32 = 65000;
@@ -17,15 +18,19 @@ struct Ctx<'a> {
     file: &'a Path,
     lines: LineIndex,
     problems: Vec<Problem>,
+    /// Fields set by overrides, and by which (latest last).
+    overridden: Vec<(FieldPath, String)>,
 }
 
 impl Ctx<'_> {
     fn problem(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let via = self.overridden.iter().rev().find(|(f, _)| overrides::concerns(f, path)).map(|(_, s)| s.clone());
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
-            line: self.lines.locate(path),
+            line: if via.is_some() { None } else { self.lines.locate(path) },
             field: path.to_string(),
             message: message.into(),
+            via,
         });
     }
 
@@ -113,16 +118,24 @@ fn is_name(s: &str, max: usize, extra: &[char]) -> bool {
 /// Parses one policy file's text, checking names are unique within it.
 /// `file` is only used in messages.
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Account>, Problems> {
-    let (accounts, mut problems) = parse_one(file, text);
+    parse_str_with(file, text, &Overrides::default())
+}
+
+/// `parse_str` with overrides applied (those naming no account here are
+/// ignored).
+pub fn parse_str_with(file: &Path, text: &str, ov: &Overrides) -> Result<Vec<Account>, Problems> {
+    let (accounts, mut problems, _) = parse_one(file, text, ov);
     check_unique(&accounts, &mut problems);
     if problems.is_empty() { Ok(accounts) } else { Err(Problems(problems)) }
 }
 
 /// Parses one policy file's text without the uniqueness check: the accounts
-/// that are valid, and every problem found.
-pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
-    let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new() };
-    let root: Value = match serde_yaml::from_str(text) {
+/// that are valid, every problem found, and which overrides reached an
+/// account of this file.
+pub fn parse_one(file: &Path, text: &str, ov: &Overrides) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
+    let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new(), overridden: Vec::new() };
+    let mut reached = vec![false; ov.items.len()];
+    let mut root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let line = e.location().map(|l| l.line());
@@ -131,10 +144,30 @@ pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
                 line,
                 field: String::new(),
                 message: format!("not valid YAML: {e}"),
+                via: None,
             };
-            return (Vec::new(), vec![p]);
+            return (Vec::new(), vec![p], reached);
         }
     };
+    for (i, o) in ov.items.iter().enumerate() {
+        match overrides::apply(&mut root, o) {
+            Ok(Applied::Changed(at)) => {
+                reached[i] = true;
+                ctx.overridden.push((at, o.source.clone()));
+            }
+            Ok(Applied::NotHere) => {}
+            Err(e) => {
+                reached[i] = true;
+                ctx.problems.push(Problem {
+                    file: file.to_path_buf(),
+                    line: None,
+                    field: String::new(),
+                    message: e,
+                    via: Some(o.source.clone()),
+                });
+            }
+        }
+    }
     let top = FieldPath::default();
     let mut accounts = Vec::new();
     if let Some(m) = ctx.mapping(&root, &top, &["accounts", "secrets"]) {
@@ -157,7 +190,7 @@ pub fn parse_one(file: &Path, text: &str) -> (Vec<Account>, Vec<Problem>) {
             Some(_) => ctx.problem(&top.key("accounts"), "expected a list of accounts"),
         }
     }
-    (accounts, ctx.problems)
+    (accounts, ctx.problems, reached)
 }
 
 const ACCOUNT_KEYS: &[&str] = &[
@@ -827,6 +860,7 @@ pub fn check_unique(accounts: &[Account], problems: &mut Vec<Problem>) {
                     line: a.origin.line,
                     field: "name".into(),
                     message: format!("duplicate account name {:?} (first defined at {})", a.name, b.origin),
+                    via: None,
                 });
             } else if a.namespace == b.namespace {
                 problems.push(Problem {
@@ -834,6 +868,7 @@ pub fn check_unique(accounts: &[Account], problems: &mut Vec<Problem>) {
                     line: a.origin.line,
                     field: "namespace".into(),
                     message: format!("namespace {:?} is also used by account {:?} ({})", a.namespace, b.name, b.origin),
+                    via: None,
                 });
             }
         }

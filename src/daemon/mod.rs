@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
@@ -41,7 +41,7 @@ fn report(ready: &mut Option<std::fs::File>, line: &str) {
     }
 }
 
-pub fn run(account_name: &str, policy: &Path, ready_fd: Option<OwnedFd>) -> anyhow::Result<()> {
+pub fn run(account_name: &str, policy: &config::Policy, ready_fd: Option<OwnedFd>) -> anyhow::Result<()> {
     let mut ready = ready_fd.map(std::fs::File::from);
     match start(account_name, policy) {
         Ok(started) => {
@@ -67,8 +67,8 @@ struct Started {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
-fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
-    let account = config::load_account(policy, name)?;
+fn start(name: &str, policy: &config::Policy) -> anyhow::Result<Started> {
+    let account = policy.load_account(name)?;
     let creds = secrets::resolve_account(&account).with_context(|| format!("account {name}"))?;
     // The credential variables are read: wiped from this process's memory
     // and /proc/<pid>/environ, so no program started later sees them.
@@ -98,12 +98,13 @@ fn start(name: &str, policy: &Path) -> anyhow::Result<Started> {
                 account: account.name.clone(),
                 namespace: account.namespace.clone(),
                 pid: std::process::id(),
-                policy: policy.canonicalize().unwrap_or_else(|_| PathBuf::from(policy)),
+                policy: policy.path.canonicalize().unwrap_or_else(|_| policy.path.clone()),
                 tun: plan::TUN_NAME.into(),
                 dns: plan::DNS_V4.to_string(),
                 proxy: pool.active().map(|r| r.upstream.name()).unwrap_or_default(),
                 exec_users: account.exec.users.clone(),
                 exec_groups: account.exec.groups.clone(),
+                secret_env: secrets::env_vars(&account),
                 started_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             };
             if let Err(e) = rd.write_state(&state) {

@@ -508,6 +508,10 @@ impl Manager {
                 self.rotate(to, burn, burn_for_secs, reset_flows).await
             }
             Request::Check => self.check_now().await,
+            Request::ExecRefused { caller, user, reason } => {
+                tracing::warn!(account = %self.h.account, caller = %caller, user = %user, reason = %reason, "exec refused");
+                Response::ok("logged", serde_json::Value::Null)
+            }
         }
     }
 }

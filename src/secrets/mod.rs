@@ -61,6 +61,21 @@ pub enum SecretError {
     NoKey { proxy: String, field: String },
 }
 
+impl SecretError {
+    /// The message without the proxy and field, for reports that name the
+    /// field themselves.
+    pub fn detail(&self) -> String {
+        match self {
+            SecretError::File { path, reason, .. } => format!("{path}: {reason}"),
+            SecretError::EnvMissing { var, .. } => format!("{var} is not set in this environment"),
+            SecretError::KeyFile { path, reason } => format!("key file {path}: {reason}"),
+            SecretError::Decrypt { key, source, .. } => format!("{source} (key file {key})"),
+            SecretError::Value { reason, .. } => reason.clone(),
+            SecretError::NoKey { .. } => "encrypted, but the account has no secrets.key_file".into(),
+        }
+    }
+}
+
 /// Checks a secret file the way the daemon will read it: a regular file,
 /// not a symlink, owned by root, mode 0600 or 0400. Returns why not.
 pub fn check_file(path: &Path) -> Result<(), String> {
@@ -209,7 +224,8 @@ pub fn env_vars(a: &Account) -> Vec<String> {
 /// not to whoever runs the check).
 pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
     let mut out = Vec::new();
-    let problem = |field: String, message: String| Problem { file: a.origin.file.clone(), line: None, field, message };
+    let problem =
+        |field: String, message: String| Problem { file: a.origin.file.clone(), line: None, field, message, via: None };
     let key = match &a.secrets_key {
         Some(k) => match load_key(k) {
             Ok(key) => Some(key),
@@ -241,7 +257,7 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
                     SecretRef::Env(_) => "_env",
                     SecretRef::Encrypted(_) => "_encrypted",
                 };
-                out.push(problem(format!("account {}: proxies[{i}].{field}{suffix}", a.name), e.to_string()));
+                out.push(problem(format!("account {}: proxies[{i}].{field}{suffix}", a.name), e.detail()));
             }
         }
     }

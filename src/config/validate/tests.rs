@@ -319,3 +319,59 @@ accounts:
     // p3 also lacks the key.
     assert_eq!(errs.len(), 6, "{all}");
 }
+
+fn ov(env: &[(&str, &str)], sets: &[&str]) -> Overrides {
+    Overrides::gather(
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn overrides_apply_with_precedence_and_are_validated() {
+    let o = ov(
+        &[
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__MODE", "tcp"),
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__RESOLVER", "10.0.0.53:53"),
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__PROXIES__RES_1__PRIORITY", "1"),
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__HEALTH_CHECK__TARGET", "tcp://api.exchange.test:443"),
+        ],
+        &["accounts.account-a.proxies.res-1.priority=2"],
+    );
+    let a = &parse_str_with(Path::new("p.yaml"), GOOD, &o).unwrap()[0];
+    assert_eq!(a.dns.mode, DnsMode::Tcp);
+    assert_eq!(a.dns.resolver, Some("10.0.0.53:53".parse().unwrap()));
+    assert_eq!(a.proxies[0].priority, 2, "--set wins over the environment");
+    assert_eq!(a.health_check.as_ref().map(|h| h.target.to_string()).as_deref(), Some("tcp://api.exchange.test:443"));
+    // Without the override the file's value stands.
+    assert_eq!(parse(GOOD).unwrap()[0].proxies[0].priority, 10);
+}
+
+#[test]
+fn a_bad_override_is_named_in_the_error() {
+    let o = ov(
+        &[
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__MODE", "udp"),
+            ("NSPROXY_ACCOUNTS__ACCOUNT_A__PROXIES__RES_1__COLOUR", "x"),
+        ],
+        &["accounts.account-a.proxies.7.priority=1"],
+    );
+    let errs: Vec<String> =
+        parse_str_with(Path::new("p.yaml"), GOOD, &o).unwrap_err().0.iter().map(|p| p.to_string()).collect();
+    let all = errs.join("\n");
+    assert!(
+        all.contains("NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__MODE: accounts[0].dns.mode in p.yaml: expected fake-ip or tcp"),
+        "{all}"
+    );
+    assert!(
+        all.contains("NSPROXY_ACCOUNTS__ACCOUNT_A__PROXIES__RES_1__COLOUR: accounts[0].proxies[0].colour in p.yaml: unknown field"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "--set accounts.account-a.proxies.7.priority: accounts[0].proxies has 2 entries; there is no index 7"
+        ),
+        "{all}"
+    );
+    assert_eq!(errs.len(), 3, "{all}");
+}
