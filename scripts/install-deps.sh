@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
-      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets)
+      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,14 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "installing the Rust toolchain with rustup (needs internet)"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
   fi
+fi
+# Python's `cryptography` from PyPI, for the Fernet interoperability tests
+# (tokens made by the Python tooling must decrypt in nsproxy and back).
+VENV=/opt/nsproxy-test/venv
+if ! "$VENV/bin/python" -c 'import cryptography.fernet' 2>/dev/null; then
+  echo "installing Python's cryptography into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'cryptography>=41'
 fi
 [ -e /dev/net/tun ] || { modprobe tun 2>/dev/null || true; }
 [ -e /dev/net/tun ] || { echo "error: /dev/net/tun is missing (load the tun kernel module)"; exit 1; }

@@ -34,31 +34,37 @@ pub fn remove_env(k: &std::ffi::OsStr) {
     unsafe { std::env::remove_var(k) }
 }
 
-/// Reads nothing, returns nothing: overwrites the value of `name` in place
-/// (so `/proc/self/environ`, which shows the memory the process started
-/// with, no longer holds it) and removes the variable. Same single-thread
-/// rule as `remove_env`.
+/// Removes the variable `name` and overwrites its `NAME=value` text with
+/// NUL bytes where it lies, so `/proc/self/environ` (which shows the memory
+/// the process started with, whatever `unsetenv` did) no longer holds the
+/// name or the value. Same single-thread rule as `remove_env`.
 pub fn scrub_env(name: &str) {
     let prefix = format!("{name}=");
     // SAFETY: single-threaded (see `remove_env`), so nothing reads or
     // changes the environment meanwhile. `environ` is a NULL-terminated
-    // array of pointers to NUL-terminated strings; each string is walked
-    // to its own NUL and only bytes before that NUL are overwritten.
+    // array of pointers to NUL-terminated strings. The matching strings'
+    // addresses and lengths are taken first; `remove_var` then drops them
+    // from the array (glibc frees nothing it did not allocate, and the
+    // start-up strings are never freed), and only then are those bytes, up
+    // to but excluding each string's own NUL, overwritten.
     unsafe {
         unsafe extern "C" {
             static mut environ: *const *mut libc::c_char;
         }
+        let mut found: Vec<(*mut libc::c_char, usize)> = Vec::new();
         let mut p = environ;
         while !p.is_null() && !(*p).is_null() {
             let entry = *p;
             let bytes = std::ffi::CStr::from_ptr(entry).to_bytes();
             if bytes.starts_with(prefix.as_bytes()) {
-                let len = bytes.len();
-                std::ptr::write_bytes(entry.add(prefix.len()), 0, len - prefix.len());
+                found.push((entry, bytes.len()));
             }
             p = p.add(1);
         }
         std::env::remove_var(name);
+        for (entry, len) in found {
+            std::ptr::write_bytes(entry, 0, len);
+        }
     }
 }
 

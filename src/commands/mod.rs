@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -113,6 +114,8 @@ pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: 
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(rd.log_path())
         .with_context(|| format!("account {account}: cannot open {}", rd.log_path().display()))?;
     let (mut r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;

@@ -77,13 +77,33 @@ impl Store {
     }
 
     /// The saved records; none saved yet is an empty list.
+    /// A planted symlink (the directory or the file) is refused, never
+    /// followed.
     pub fn load(&self) -> Result<Vec<Record>, StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path();
-        match std::fs::read(&path) {
-            Ok(b) => parse(&path, &self.account, &b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => Err(StoreError::Read { path, source }),
+        if std::fs::symlink_metadata(&self.dir).is_ok() {
+            ensure_dir(&self.dir, 0o700)?;
         }
+        let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path);
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: "it is a symlink, which nsproxy never follows".into(),
+                });
+            }
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let mut b = Vec::new();
+        f.by_ref()
+            .take(MAX_SIZE as u64 + 1)
+            .read_to_end(&mut b)
+            .map_err(|source| StoreError::Read { path: path.clone(), source })?;
+        parse(&path, &self.account, &b)
     }
 
     pub fn save(&self, records: &[Record]) -> Result<(), StoreError> {

@@ -53,8 +53,8 @@ pub enum SecretError {
     EnvMissing { proxy: String, field: String, var: String },
     #[error("key file {path} (secrets.key_file): {reason}")]
     KeyFile { path: String, reason: String },
-    #[error("proxy {proxy}: {field} {source} (key file {key})")]
-    Decrypt { proxy: String, field: String, key: String, source: fernet::DecryptError },
+    #[error("proxy {proxy}: {field} {why} (key file {key})")]
+    Decrypt { proxy: String, field: String, key: String, why: fernet::DecryptError },
     #[error("proxy {proxy}: {field}: {reason}")]
     Value { proxy: String, field: String, reason: String },
     #[error("proxy {proxy}: {field} is encrypted but the account has no secrets.key_file")]
@@ -69,8 +69,8 @@ impl SecretError {
             SecretError::File { path, reason, .. } => format!("{path}: {reason}"),
             SecretError::EnvMissing { var, .. } => format!("{var} is not set in this environment"),
             SecretError::KeyFile { path, reason } => format!("key file {path}: {reason}"),
-            SecretError::Decrypt { key, source, .. } => format!("{source} (key file {key})"),
-            SecretError::Value { reason, .. } => reason.clone(),
+            SecretError::Decrypt { key, why, .. } => format!("{why} (key file {key})"),
+            SecretError::Value { field, reason, .. } => format!("{field}: {reason}"),
             SecretError::NoKey { .. } => "encrypted, but the account has no secrets.key_file".into(),
         }
     }
@@ -148,11 +148,11 @@ fn resolve_ref(
                 proxy: proxy.display_name(),
                 field: format!("{field}_encrypted"),
             })?;
-            fernet::decrypt(key, t).map_err(|source| SecretError::Decrypt {
+            fernet::decrypt(key, t).map_err(|why| SecretError::Decrypt {
                 proxy: proxy.display_name(),
                 field: format!("{field}_encrypted"),
                 key: ks.map(|k| k.file.display().to_string()).unwrap_or_default(),
-                source,
+                why,
             })?
         }
     };
@@ -165,10 +165,13 @@ fn resolve_ref(
     } else {
         None
     };
+    let source = match r {
+        SecretRef::File(path) => format!("{field}_file {}", path.display()),
+        SecretRef::Env(var) => format!("{field}_env {var}"),
+        SecretRef::Encrypted(_) => format!("{field}_encrypted"),
+    };
     match reason {
-        Some(reason) => {
-            Err(SecretError::Value { proxy: proxy.display_name(), field: field.into(), reason: reason.into() })
-        }
+        Some(reason) => Err(SecretError::Value { proxy: proxy.display_name(), field: source, reason: reason.into() }),
         None => Ok(Secret(value)),
     }
 }

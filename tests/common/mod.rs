@@ -293,7 +293,9 @@ impl Topology {
         // The origin's second address (exchange-b names in DNS mode tcp).
         must(&format!("ip -n {ns} route add {}/32 via {origin_side}", self.origin_addr2()));
         let d = self.dir.display().to_string();
-        let (user, pass) = (format!("u{i}x"), format!("pw-{}-{i}", self.prefix));
+        // Every proxy password is a canary: Account sweeps logs, status
+        // output and /proc for it (see `Account::assert_no_canary`).
+        let (user, pass) = (format!("u{i}x"), format!("canary{}x{i}", self.prefix));
         let log = self.dir.join(format!("proxy{i}.log"));
         let (port, proc, cmd) = match kind {
             Kind::Microsocks => {
@@ -417,12 +419,18 @@ impl Drop for Topology {
     }
 }
 
-/// An nsproxy account for a test; `down --kill` on drop.
+/// An nsproxy account for a test; `down --kill` on drop. Its daemons log at
+/// trace level, and every secret written through `secret` (or registered
+/// with `canary`) is looked for in the daemon's log and run files, `status
+/// --json`, every nsproxy command's output, and `/proc/*/cmdline` and
+/// `/proc/*/environ` of nsproxy and the account's programs: after `up` and
+/// before `down`. One hit fails the test.
 pub struct Account {
     pub name: String,
     pub namespace: String,
     pub policy: PathBuf,
     pub dir: PathBuf,
+    canaries: Mutex<Vec<String>>,
 }
 
 impl Account {
@@ -435,7 +443,7 @@ impl Account {
         let policy = dir.join("policy.yaml");
         let body = body.replace("{secrets}", &dir.display().to_string());
         std::fs::write(&policy, format!("accounts:\n  - name: {name}\n{body}")).expect("policy");
-        Account { namespace: format!("nsp-{name}"), name, policy, dir }
+        Account { namespace: format!("nsp-{name}"), name, policy, dir, canaries: Mutex::new(Vec::new()) }
     }
 
     /// An account using `proxy` (with its credentials in a 0600 file).
@@ -457,20 +465,92 @@ impl Account {
         a
     }
 
+    /// A value that must never show up anywhere nsproxy writes.
+    pub fn canary(&self, value: &str) {
+        self.canaries.lock().unwrap_or_else(|e| e.into_inner()).push(value.to_string());
+    }
+
+    /// Fails the test if a canary shows up in what nsproxy shows or leaves.
+    pub fn assert_no_canary(&self, when: &str) {
+        let canaries = self.canaries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if canaries.is_empty() {
+            return;
+        }
+        let mut places: Vec<(String, Vec<u8>)> = Vec::new();
+        for root in ["/run/nsproxy", "/var/lib/nsproxy"] {
+            let dir = Path::new(root).join(&self.name);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    places.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap_or_default()));
+                }
+            }
+        }
+        let o = Command::new(BIN).args(["status", &self.name, "--json"]).output().expect("status");
+        places.push(("status --json".into(), [o.stdout, o.stderr].concat()));
+        let ns_ino = std::fs::metadata(format!("/run/netns/{}", self.namespace))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let bin = std::fs::canonicalize(BIN).unwrap_or_default();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap_or_default();
+            let in_ns = ns_ino.is_some_and(|i| net.to_string_lossy() == format!("net:[{i}]"));
+            if exe == bin || in_ns {
+                for f in ["cmdline", "environ"] {
+                    let b = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+                    places.push((format!("/proc/{pid}/{f} ({})", exe.display()), b));
+                }
+            }
+        }
+        for (place, bytes) in &places {
+            for c in &canaries {
+                if bytes.windows(c.len()).any(|w| w == c.as_bytes()) {
+                    panic!("SECRET LEAK ({when}): the canary secret of account {} is in {place}", self.name);
+                }
+            }
+        }
+        println!("canary sweep ({when}): {} places clean for account {}", places.len(), self.name);
+    }
+
+    fn check_output(&self, o: &Output) {
+        let all = [&o.stdout[..], &o.stderr[..]].concat();
+        for c in self.canaries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if all.windows(c.len()).any(|w| w == c.as_bytes()) && !std::thread::panicking() {
+                panic!("SECRET LEAK: the canary secret of account {} is in nsproxy's output", self.name);
+            }
+        }
+    }
+
     pub fn secret(&self, file: &str, value: &str) {
+        self.canary(value);
         let p = self.dir.join(file);
         let mut f = std::fs::File::create(&p).expect("secret");
         writeln!(f, "{value}").expect("write secret");
         must(&format!("chmod 600 {}", p.display()));
     }
 
+    /// Runs nsproxy with this account's policy; daemons started by `up`
+    /// log at trace level.
     pub fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--policies").arg(&self.policy).args(args).output().expect("run nsproxy")
+        self.cmd_env(args, &[])
+    }
+
+    pub fn cmd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(BIN);
+        c.arg("--policies").arg(&self.policy);
+        if args.first() == Some(&"up") {
+            c.args(["--log-level", "trace"]);
+        }
+        let o = c.args(args).envs(env.iter().copied()).output().expect("run nsproxy");
+        self.check_output(&o);
+        o
     }
 
     pub fn up(&self) {
         let o = self.cmd(&["up", &self.name]);
         assert!(o.status.success(), "up {} failed: {}{}", self.name, out(&o), err(&o));
+        self.assert_no_canary("after up");
     }
 
     pub fn down(&self) -> Output {
@@ -479,12 +559,14 @@ impl Account {
 
     /// Runs `script` with sh inside the account as the test user.
     pub fn run(&self, script: &str) -> Output {
-        Command::new(BIN)
+        let o = Command::new(BIN)
             .arg("--policies")
             .arg(&self.policy)
             .args(["exec", &self.name, "--user", TEST_USER, "--", "sh", "-c", script])
             .output()
-            .expect("run nsproxy exec")
+            .expect("run nsproxy exec");
+        self.check_output(&o);
+        o
     }
 
     /// Runs a Python script (as a file, so quoting is no issue) inside.
@@ -532,6 +614,9 @@ impl Account {
 
 impl Drop for Account {
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_canary("before down");
+        }
         let _ = self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(format!("/var/lib/nsproxy/{}", self.name));
