@@ -439,3 +439,89 @@ fn the_canary_sweep_finds_a_planted_secret() {
     let text = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(text.contains("SECRET LEAK") && text.contains("planted.txt"), "{text}");
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn control_socket_abuse_is_cheap_and_changes_nothing() {
+    if !root_or_skip("control_socket_abuse") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    ensure_user(TEST_USER);
+    let a = Account::new("ca", "    proxies:\n      - label: dummy\n        url: socks5://127.0.0.1:9\n");
+    a.up();
+    let pid = a.daemon_pid().expect("pid");
+    let sock = format!("/run/nsproxy/{}/ctl.sock", a.name);
+    std::thread::sleep(Duration::from_millis(300));
+    let (rss0, fds0) = (rss_kib(pid), fd_count(pid));
+    let ask = |bytes: &[u8]| -> String {
+        let mut s = UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let _ = s.write_all(bytes);
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r
+    };
+    // A 4 GiB length prefix, as a length-prefixed protocol would read it,
+    // then 100 KiB of junk: refused at 64 KiB, nothing allocated for 4 GiB.
+    let mut big = vec![0xff, 0xff, 0xff, 0xff];
+    big.extend(std::iter::repeat_n(b'A', 100 * 1024));
+    let r = ask(&big);
+    println!("4 GiB length prefix: {}", r.trim());
+    assert!(r.contains("\"ok\":false") && r.contains("larger than 65536 bytes"), "{r}");
+    let r = ask(b"\xff\xfe\x00garbage\n");
+    assert!(r.contains("not UTF-8"), "{r}");
+    let r = ask(b"{\"cmd\": \"check\"\n");
+    assert!(r.contains("invalid request"), "{r}");
+    let r = ask(b"[1,2,3]\n");
+    assert!(r.contains("invalid request"), "{r}");
+
+    // 200 clients that connect and never finish: the daemon still answers
+    // others at once, and cuts the idle ones off after its 5 s deadline.
+    let idle: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&sock).expect("connect idle")).collect();
+    for mut s in &idle {
+        let _ = s.write_all(b"{\"cmd\":");
+    }
+    let t = std::time::Instant::now();
+    let o = a.cmd(&["check", &a.name, "--json"]);
+    let answered = t.elapsed();
+    println!("check answered in {answered:?} with 200 idle clients: {}", out(&o).lines().count());
+    assert!(out(&o).contains("\"ok\""), "the daemon answers: {}{}", out(&o), err(&o));
+    let fds_busy = fd_count(pid);
+    let mut cut = 0;
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        if r.contains("no complete request") {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 200, "every slow client is cut off with a reason");
+    wait_until("daemon fds back to normal", Duration::from_secs(5), || fd_count(pid) <= fds0);
+    let rss1 = rss_kib(pid);
+    println!(
+        "daemon RSS {rss0} KiB before, {rss1} KiB after; fds {fds0} before, {fds_busy} with 200 idle clients, {} after",
+        fd_count(pid)
+    );
+    assert!(rss1 < rss0 + 8 * 1024, "abuse must not cost memory: {rss0} -> {rss1} KiB");
+    assert!(a.log().contains("control socket: request refused"), "refusals are logged");
+
+    // Somebody who is not root cannot even reach the socket.
+    let o = sh(&format!(
+        "su -s /bin/sh {TEST_USER} -c \"/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(\\\"{sock}\\\")'\" 2>&1"
+    ));
+    println!("non-root connect: {}", out(&o).lines().last().unwrap_or(""));
+    assert!(!o.status.success() && out(&o).contains("PermissionError"), "{}", out(&o));
+    let mode = must(&format!("stat -c '%U %a' {sock} /run/nsproxy/{}", a.name));
+    assert_eq!(mode.split_whitespace().collect::<Vec<_>>(), ["root", "600", "root", "700"], "{mode}");
+}
