@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod engine;
 pub mod exec;
+pub mod fleet;
 pub mod link;
 pub mod metrics;
 pub mod netns;
