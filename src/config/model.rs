@@ -214,6 +214,64 @@ pub struct EgressCheck {
     pub timeout: Duration,
 }
 
+/// How nsproxy proves itself to the proxy service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceAuth {
+    /// `Authorization: Bearer <token>`.
+    BearerToken(SecretRef),
+    /// `X-API-Key: <key>`.
+    ApiKey(SecretRef),
+    /// A client certificate (PEM) and its key (a root-owned 0600 file).
+    MutualTls { cert_file: PathBuf, key_file: PathBuf },
+}
+
+/// `https://host[:port][/base]` of the proxy service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for none).
+    pub base: String,
+}
+
+impl fmt::Display for ServiceEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "https://{host}:{}{}", self.port, self.base)
+    }
+}
+
+/// Fleet mode: proxies allocated by an external service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExternalService {
+    pub enabled: bool,
+    /// Tried in order.
+    pub endpoints: Vec<ServiceEndpoint>,
+    pub auth: ServiceAuth,
+    /// PEM certificates the service's certificate must chain to.
+    pub ca_file: PathBuf,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    #[serde(with = "secs")]
+    pub cache_ttl: Duration,
+    pub circuit_breaker: bool,
+    pub breaker_failures: u32,
+    #[serde(with = "secs")]
+    pub breaker_cooldown: Duration,
+    /// Use the account's own proxies while the service is unavailable;
+    /// false: the account's own proxies are never used (fail closed).
+    pub fallback_to_embedded: bool,
+    /// Default `nsproxy-<host>-<pid>`.
+    pub client_id: Option<String>,
+    pub connection_type: String,
+    pub region: Option<String>,
+    pub exchange_id: Option<String>,
+}
+
+/// The pool member that stands for the service's proxy.
+pub const SERVICE_LABEL: &str = "service";
+
 /// Where the Prometheus metrics are served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,6 +332,8 @@ pub struct Account {
     pub metrics: Option<MetricsListen>,
     /// The key for encrypted credentials (`secrets.key_file`).
     pub secrets_key: Option<KeySource>,
+    /// Fleet mode (`external_service`), when enabled.
+    pub external_service: Option<ExternalService>,
 }
 
 impl Account {

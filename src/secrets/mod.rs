@@ -47,18 +47,18 @@ pub struct Creds {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("proxy {proxy}: {field} {path}: {reason}")]
-    File { proxy: String, field: String, path: String, reason: String },
-    #[error("proxy {proxy}: environment variable {var} ({field}) is not set in the daemon's environment")]
-    EnvMissing { proxy: String, field: String, var: String },
+    #[error("{owner}: {field} {path}: {reason}")]
+    File { owner: String, field: String, path: String, reason: String },
+    #[error("{owner}: environment variable {var} ({field}) is not set in the daemon's environment")]
+    EnvMissing { owner: String, field: String, var: String },
     #[error("key file {path} (secrets.key_file): {reason}")]
     KeyFile { path: String, reason: String },
-    #[error("proxy {proxy}: {field} {why} (key file {key})")]
-    Decrypt { proxy: String, field: String, key: String, why: fernet::DecryptError },
-    #[error("proxy {proxy}: {field}: {reason}")]
-    Value { proxy: String, field: String, reason: String },
-    #[error("proxy {proxy}: {field} is encrypted but the account has no secrets.key_file")]
-    NoKey { proxy: String, field: String },
+    #[error("{owner}: {field} {why} (key file {key})")]
+    Decrypt { owner: String, field: String, key: String, why: fernet::DecryptError },
+    #[error("{owner}: {field}: {reason}")]
+    Value { owner: String, field: String, reason: String },
+    #[error("{owner}: {field} is encrypted but the account has no secrets.key_file")]
+    NoKey { owner: String, field: String },
 }
 
 impl SecretError {
@@ -126,30 +126,30 @@ fn resolve_ref(
     r: &SecretRef,
     key: Option<&fernet::Key>,
     ks: Option<&KeySource>,
-    proxy: &ProxyEntry,
+    owner: &str,
     field: &str,
 ) -> Result<Secret, SecretError> {
     let value = match r {
         SecretRef::File(path) => {
             read_file(path).map(|t| first_line(&t).to_string()).map_err(|reason| SecretError::File {
-                proxy: proxy.display_name(),
+                owner: owner.to_string(),
                 field: format!("{field}_file"),
                 path: path.display().to_string(),
                 reason,
             })?
         }
         SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretError::EnvMissing {
-            proxy: proxy.display_name(),
+            owner: owner.to_string(),
             field: format!("{field}_env"),
             var: var.clone(),
         })?,
         SecretRef::Encrypted(Token(t)) => {
             let key = key.ok_or_else(|| SecretError::NoKey {
-                proxy: proxy.display_name(),
+                owner: owner.to_string(),
                 field: format!("{field}_encrypted"),
             })?;
             fernet::decrypt(key, t).map_err(|why| SecretError::Decrypt {
-                proxy: proxy.display_name(),
+                owner: owner.to_string(),
                 field: format!("{field}_encrypted"),
                 key: ks.map(|k| k.file.display().to_string()).unwrap_or_default(),
                 why,
@@ -171,9 +171,13 @@ fn resolve_ref(
         SecretRef::Encrypted(_) => format!("{field}_encrypted"),
     };
     match reason {
-        Some(reason) => Err(SecretError::Value { proxy: proxy.display_name(), field: source, reason: reason.into() }),
+        Some(reason) => Err(SecretError::Value { owner: owner.to_string(), field: source, reason: reason.into() }),
         None => Ok(Secret(value)),
     }
+}
+
+fn owner(p: &ProxyEntry) -> String {
+    format!("proxy {}", p.display_name())
 }
 
 /// Every proxy's credentials, in policy order. Any failure stops the
@@ -194,11 +198,11 @@ pub fn resolve_account(a: &Account) -> Result<Vec<Option<Creds>>, SecretError> {
             let user = match &p.username {
                 None => return Ok(None),
                 Some(UserRef::Plain(u)) => Secret(u.clone()),
-                Some(UserRef::Secret(r)) => resolve_ref(r, key.as_ref(), ks, p, "username")?,
+                Some(UserRef::Secret(r)) => resolve_ref(r, key.as_ref(), ks, &owner(p), "username")?,
             };
             match &p.password {
                 None => Ok(None),
-                Some(r) => Ok(Some(Creds { user, pass: resolve_ref(r, key.as_ref(), ks, p, "password")? })),
+                Some(r) => Ok(Some(Creds { user, pass: resolve_ref(r, key.as_ref(), ks, &owner(p), "password")? })),
             }
         })
         .collect()
@@ -254,7 +258,7 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
             if skip {
                 continue;
             }
-            if let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), p, field) {
+            if let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), &owner(p), field) {
                 let suffix = match r {
                     SecretRef::File(_) => "_file",
                     SecretRef::Env(_) => "_env",

@@ -375,3 +375,68 @@ fn a_bad_override_is_named_in_the_error() {
     );
     assert_eq!(errs.len(), 3, "{all}");
 }
+
+#[test]
+fn external_service_section() {
+    let text = "\
+accounts:
+  - name: fleet
+    external_service:
+      endpoints: [https://alloc.internal:8443/v2, \"https://10.0.0.9\"]
+      auth_method: bearer_token
+      token_file: /etc/nsproxy/alloc.token
+      ca_file: /etc/nsproxy/alloc-ca.pem
+      fallback_to_embedded: false
+      cache_ttl_seconds: 120
+";
+    let a = &parse(text).unwrap()[0];
+    let s = a.external_service.as_ref().unwrap();
+    assert!(a.proxies.is_empty(), "the service alone may supply the proxy");
+    assert_eq!(s.endpoints[0].to_string(), "https://alloc.internal:8443/v2");
+    assert_eq!(s.endpoints[1].to_string(), "https://10.0.0.9:443");
+    assert_eq!(s.auth, ServiceAuth::BearerToken(SecretRef::File("/etc/nsproxy/alloc.token".into())));
+    assert_eq!((s.timeout, s.cache_ttl), (Duration::from_secs(5), Duration::from_secs(120)));
+    assert!(s.circuit_breaker && !s.fallback_to_embedded);
+    assert_eq!(s.connection_type, "all");
+
+    let bad = "\
+accounts:
+  - name: fleet
+    external_service:
+      endpoints: [http://alloc.internal]
+      auth_method: mutual_tls
+      token_env: T
+      timeout_seconds: 90
+      cache_ttl_seconds: 10
+      ca_file: relative.pem
+    proxies:
+      - label: service
+        url: socks5://h:1
+";
+    let errs = parse(bad).unwrap_err();
+    let all = errs.join("\n");
+    for want in [
+        "external_service.endpoints[0]: unsupported scheme \"http\": the proxy service is reached over https only",
+        "external_service: auth_method mutual_tls takes client_cert_file and client_key_file, not a token",
+        "external_service.timeout_seconds: expected a whole number from 1 to 60, got 90",
+        "external_service.cache_ttl_seconds: expected a whole number from 60 to 3600, got 10",
+        "external_service.ca_file: expected an absolute path",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    // Only when the section is otherwise valid is the reserved label checked.
+    let reserved = "\
+accounts:
+  - name: fleet
+    external_service:
+      endpoints: [https://a.internal]
+      auth_method: api_key
+      token_env: ALLOC_KEY
+      ca_file: /ca.pem
+    proxies:
+      - label: service
+        url: socks5://h:1
+";
+    let all = parse(reserved).unwrap_err().join("\n");
+    assert!(all.contains("proxies[0].label: the label \"service\" is the proxy the external_service hands out"), "{all}");
+}
