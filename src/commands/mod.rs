@@ -500,6 +500,21 @@ pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> any
                 st.flows_refused_unknown_fake_ip
             );
             println!("  bytes:     {} up, {} down; DNS queries: {}", st.bytes_up, st.bytes_down, st.dns_queries);
+            if let Some(svc) = &st.service {
+                println!(
+                    "  service:   {}, breaker {}, proxy {}{}; {} allocation(s), {} failed call(s); feedback {} sent, {} failed, {} dropped{}",
+                    svc.state,
+                    svc.breaker,
+                    svc.proxy.as_deref().unwrap_or("-"),
+                    svc.refresh_in_s.map(|s| format!(" (cached {s}s)")).unwrap_or_default(),
+                    svc.allocations,
+                    svc.failed_calls,
+                    svc.feedback_sent,
+                    svc.feedback_failed,
+                    svc.feedback_dropped,
+                    svc.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+                );
+            }
             if st.flows_refused_rule + st.flows_refused_no_proxy > 0 {
                 println!(
                     "  refused:   {} by rules, {} with no usable proxy",

@@ -524,7 +524,10 @@ fn external_service(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<Option
     let auth = match (method.as_deref(), token) {
         (Some(meth @ ("bearer_token" | "api_key")), Ok(Some(t))) => {
             if cert.is_some() || key.is_some() {
-                ctx.problem(path, format!("client_cert_file and client_key_file belong to auth_method mutual_tls, not {meth}"));
+                ctx.problem(
+                    path,
+                    format!("client_cert_file and client_key_file belong to auth_method mutual_tls, not {meth}"),
+                );
                 None
             } else if meth == "api_key" {
                 Some(ServiceAuth::ApiKey(t))

@@ -62,6 +62,7 @@ pub fn run(account_name: &str, policy: &config::Policy, ready_fd: Option<OwnedFd
 struct Started {
     account: Account,
     pool: std::sync::Arc<engine::pool::PoolHandle>,
+    fleet: Option<std::sync::Arc<crate::fleet::client::ServiceClient>>,
     rundir: RunDir,
     tun: OwnedFd,
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -83,7 +84,29 @@ fn start(name: &str, policy: &config::Policy) -> anyhow::Result<Started> {
         .ok_or_else(|| anyhow!("account {name}: a daemon is already running (pid {})", rd.read_pid().unwrap_or(0)))?;
     rd.write_pid(std::process::id())?;
     // The saved pool state (burns): a corrupt file stops the start here.
-    let pool = match engine::pool::PoolHandle::open(&account, creds) {
+    // Fleet mode: the service's client (CA, certificate, token: a problem
+    // keeps the account down) and the pool's `service` member, first in
+    // priority; without fallback it is the only member.
+    let (fleet, pool_account, creds) = match &account.external_service {
+        None => (None, account.clone(), creds),
+        Some(svc) => {
+            let client =
+                crate::fleet::client::ServiceClient::new(&account, svc).with_context(|| format!("account {name}"))?;
+            let mut a = account.clone();
+            let entry = engine::pool::fleet::placeholder_entry();
+            let (proxies, creds) = if svc.fallback_to_embedded {
+                (std::iter::once(entry).chain(a.proxies).collect(), std::iter::once(None).chain(creds).collect())
+            } else {
+                if !a.proxies.is_empty() {
+                    tracing::info!(account = %name, "fallback_to_embedded is false: the account's own proxies are not used");
+                }
+                (vec![entry], vec![None])
+            };
+            a.proxies = proxies;
+            (Some(std::sync::Arc::new(client)), a, creds)
+        }
+    };
+    let pool = match engine::pool::PoolHandle::open(&pool_account, creds) {
         Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_file(rd.pid_path());
@@ -112,7 +135,7 @@ fn start(name: &str, policy: &config::Policy) -> anyhow::Result<Started> {
                 rollback.run(name);
                 return Err(e.into());
             }
-            Ok(Started { account, pool, rundir: rd, tun, _lock: lock })
+            Ok(Started { account, pool, fleet, rundir: rd, tun, _lock: lock })
         }
         Err(e) => {
             rollback.run(name);
@@ -161,7 +184,7 @@ fn serve(s: Started, ready: impl FnOnce()) -> anyhow::Result<()> {
     let res = rt.block_on(async {
         let shutdown = shutdown_signal();
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
-        engine::run(s.account.clone(), s.pool.clone(), s.tun, s.rundir.clone(), shutdown, ready).await
+        engine::run(s.account.clone(), s.pool.clone(), s.fleet.clone(), s.tun, s.rundir.clone(), shutdown, ready).await
     });
     tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
     let _ = std::fs::remove_file(s.rundir.pid_path());

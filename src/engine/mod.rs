@@ -150,6 +150,7 @@ enum Event {
 pub async fn run(
     account: Account,
     pool: Arc<PoolHandle>,
+    fleet: Option<Arc<crate::fleet::client::ServiceClient>>,
     tun: OwnedFd,
     rundir: RunDir,
     shutdown: impl std::future::Future<Output = ()>,
@@ -162,8 +163,24 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("account {name}: control socket {}: {e}", rundir.ctl_path().display()))?;
     let control = tokio::spawn(crate::control::serve(control, calls_tx, name.clone()));
     let (chosen_tx, chosen_rx) = tokio::sync::oneshot::channel();
-    let manager =
-        tokio::spawn(pool::manage(pool.clone(), pool::ManagerConfig::from_account(&account), calls_rx, chosen_tx));
+    let mut feedback = None;
+    let fleet = match (fleet, &account.external_service) {
+        (Some(client), Some(svc)) => {
+            let f = pool::fleet::Fleet::new(client.clone(), svc.clone());
+            let (sink, rx) = f.sink(&name);
+            pool.enable_fleet(sink, svc.fallback_to_embedded);
+            feedback = Some(tokio::spawn(pool::fleet::send_feedback(client, pool.clone(), rx)));
+            Some(f)
+        }
+        _ => None,
+    };
+    let manager = tokio::spawn(pool::manage(
+        pool.clone(),
+        pool::ManagerConfig::from_account(&account),
+        calls_rx,
+        chosen_tx,
+        fleet,
+    ));
     let names = (account.dns.mode == DnsMode::Tcp && pool.has_rules()).then(|| Arc::new(Mutex::new(Names::new(65536))));
 
     let tun = TunRef(Arc::new(crate::sys::register_async(tun)?));
@@ -252,6 +269,9 @@ pub async fn run(
     publisher.abort();
     control.abort();
     manager.abort();
+    if let Some(f) = feedback {
+        f.abort();
+    }
     if let Some(m) = metrics {
         m.abort();
     }
@@ -392,13 +412,14 @@ async fn connect(ctx: &Arc<Ctx>, mut route: Route, target: &Target, key: FlowKey
     use std::sync::atomic::Ordering::Relaxed;
     let mut retried = false;
     loop {
+        let started = std::time::Instant::now();
         match route.upstream.connect(target).await {
             Ok(c) => {
-                ctx.pool.report(&route, Ok(()));
+                ctx.pool.report(&route, Ok(()), started);
                 return Event::Ready(key, syn, c, route);
             }
             Err(e) => {
-                ctx.pool.report(&route, Err(&e));
+                ctx.pool.report(&route, Err(&e), started);
                 if !retried
                     && !route.by_rule
                     && e.is_proxy_level()
@@ -471,8 +492,14 @@ async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
     let _ = s.shutdown().await;
 }
 
+fn snapshot(ctx: &Ctx, active: usize, pending: usize) -> crate::engine::stats::Snapshot {
+    let mut snap = ctx.stats.snapshot(active, pending);
+    snap.service = ctx.pool.service_snapshot();
+    snap
+}
+
 fn write_stats(ctx: &Ctx, rundir: &RunDir, active: usize, pending: usize) {
-    let snap = ctx.stats.snapshot(active, pending);
+    let snap = snapshot(ctx, active, pending);
     if let Ok(json) = serde_json::to_vec_pretty(&snap) {
         let _ = crate::rundir::write_atomic(&rundir.stats_path(), &json, 0o644);
     }
@@ -482,7 +509,7 @@ async fn publish_stats(ctx: Arc<Ctx>, rundir: RunDir) {
     let mut last = None;
     loop {
         let (a, p) = ctx.shared.lock().counts();
-        let snap = ctx.stats.snapshot(a, p);
+        let snap = snapshot(&ctx, a, p);
         if last.as_ref() != Some(&snap) {
             write_stats(&ctx, &rundir, a, p);
             last = Some(snap);

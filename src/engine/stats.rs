@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub dns_other: u64,
     pub packets_dropped: u64,
     pub udp_refused: u64,
+    /// Fleet mode: the proxy service's state.
+    #[serde(default)]
+    pub service: Option<crate::engine::pool::fleet::ServiceStatus>,
 }
 
 impl Stats {
@@ -83,6 +86,7 @@ impl Stats {
             dns_other: g(&self.dns_other),
             packets_dropped: g(&self.packets_dropped),
             udp_refused: g(&self.udp_refused),
+            service: None,
         }
     }
 }

@@ -28,7 +28,9 @@ pub enum Allow {
     /// A half-open probe.
     Probe,
     /// Open: no call until this time.
-    No { until_ms: u64 },
+    No {
+        until_ms: u64,
+    },
 }
 
 impl Breaker {

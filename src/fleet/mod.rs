@@ -5,4 +5,5 @@
 //! `service`, and reports each flow's outcome back.
 
 pub mod breaker;
+pub mod client;
 pub mod protocol;

@@ -121,7 +121,9 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 /// Parses `scheme://[user[:pass]@]host:port` as the service sends it.
-fn parse_proxy_url(u: &str) -> Result<(Scheme, String, u16, Option<Secret>, Option<Secret>), String> {
+type ParsedUrl = (Scheme, String, u16, Option<Secret>, Option<Secret>);
+
+fn parse_proxy_url(u: &str) -> Result<ParsedUrl, String> {
     let (scheme, rest) = u.split_once("://").ok_or("proxy_url is not scheme://host:port")?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "socks5" | "socks5h" => Scheme::Socks5,
@@ -147,7 +149,8 @@ fn parse_proxy_url(u: &str) -> Result<(Scheme, String, u16, Option<Secret>, Opti
     };
     // Validate host:port with the policy's own parser (no credentials, path).
     let plain = format!("{}://{hostport}", if scheme == Scheme::Http { "http" } else { "socks5" });
-    let (_, host, port) = crate::config::parse_proxy_url(&plain).map_err(|_| "proxy_url: bad host or port".to_string())?;
+    let (_, host, port) =
+        crate::config::parse_proxy_url(&plain).map_err(|_| "proxy_url: bad host or port".to_string())?;
     Ok((scheme, host, port, user, pass))
 }
 
@@ -229,7 +232,13 @@ mod tests {
             (answer(secret, r#","extra":1"#), "unknown field `extra`"),
             (b"not json".to_vec(), "not valid JSON"),
             (br#"{"proxy_url":"x"}"#.to_vec(), "missing field"),
-            (format!(r#"{{"proxy_url":"{secret}","strategy":"s","ttl_seconds":"{secret}","fallback_policy":"fail"}}"#).into_bytes(), "wrong type"),
+            (
+                format!(
+                    r#"{{"proxy_url":"{secret}","strategy":"s","ttl_seconds":"{secret}","fallback_policy":"fail"}}"#
+                )
+                .into_bytes(),
+                "wrong type",
+            ),
             (answer("ftp://u:SECRETPW@h:1", ""), "unsupported scheme"),
             (answer("socks5://u:SECRETPW@h:99999", ""), "bad host or port"),
             (answer("socks5://u:SECRETPW@h:1/path", ""), "bad host or port"),
@@ -247,7 +256,8 @@ mod tests {
 
     #[test]
     fn direct_connection_is_turned_into_fail() {
-        let body = br#"{"proxy_url":"socks5://h:1","strategy":"s","ttl_seconds":60,"fallback_policy":"direct_connection"}"#;
+        let body =
+            br#"{"proxy_url":"socks5://h:1","strategy":"s","ttl_seconds":60,"fallback_policy":"direct_connection"}"#;
         let a = parse_answer(body).unwrap();
         assert_eq!(a.fallback_policy, FallbackPolicy::Fail);
         assert!(a.refused_direct);

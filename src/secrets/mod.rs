@@ -144,10 +144,8 @@ fn resolve_ref(
             var: var.clone(),
         })?,
         SecretRef::Encrypted(Token(t)) => {
-            let key = key.ok_or_else(|| SecretError::NoKey {
-                owner: owner.to_string(),
-                field: format!("{field}_encrypted"),
-            })?;
+            let key = key
+                .ok_or_else(|| SecretError::NoKey { owner: owner.to_string(), field: format!("{field}_encrypted") })?;
             fernet::decrypt(key, t).map_err(|why| SecretError::Decrypt {
                 owner: owner.to_string(),
                 field: format!("{field}_encrypted"),
@@ -158,7 +156,9 @@ fn resolve_ref(
     };
     let reason = if value.is_empty() {
         Some("is empty")
-    } else if value.len() > 255 {
+    } else if field == "token" && value.len() > 4096 {
+        Some("is longer than 4096 bytes")
+    } else if field != "token" && value.len() > 255 {
         Some("is longer than 255 bytes (SOCKS5 and most proxies refuse that)")
     } else if value.contains(['\n', '\r', '\0']) {
         Some("contains a line break or NUL")
@@ -174,6 +174,20 @@ fn resolve_ref(
         Some(reason) => Err(SecretError::Value { owner: owner.to_string(), field: source, reason: reason.into() }),
         None => Ok(Secret(value)),
     }
+}
+
+/// Reads a secret file (root-owned, 0600/0400, not a symlink).
+pub fn read_checked(path: &Path) -> Result<String, String> {
+    read_file(path)
+}
+
+/// The proxy service's bearer token or API key.
+pub fn resolve_service_token(a: &Account, r: &SecretRef) -> Result<Secret, SecretError> {
+    let key = match (&a.secrets_key, r) {
+        (Some(k), SecretRef::Encrypted(_)) => Some(load_key(k)?),
+        _ => None,
+    };
+    resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), "external_service", "token")
 }
 
 fn owner(p: &ProxyEntry) -> String {

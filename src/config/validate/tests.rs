@@ -438,5 +438,8 @@ accounts:
         url: socks5://h:1
 ";
     let all = parse(reserved).unwrap_err().join("\n");
-    assert!(all.contains("proxies[0].label: the label \"service\" is the proxy the external_service hands out"), "{all}");
+    assert!(
+        all.contains("proxies[0].label: the label \"service\" is the proxy the external_service hands out"),
+        "{all}"
+    );
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
+pub mod fleet;
+
 use crate::config::{Account, EgressCheck, HealthCheck};
 use crate::control::{Call, Request, Response};
 use crate::pool::store::{Store, StoreError};
@@ -83,11 +85,16 @@ impl Route {
     }
 }
 
+/// A pool member's proxy and its counters.
+type Member = (Arc<Upstream>, Arc<ProxyCounters>);
+
 pub struct PoolHandle {
     pub account: String,
     pool: Mutex<Pool>,
     store: Store,
-    upstreams: HashMap<String, (Arc<Upstream>, Arc<ProxyCounters>)>,
+    /// Behind a lock only for the `service` member, whose proxy the proxy
+    /// service replaces when it hands out another.
+    upstreams: std::sync::RwLock<HashMap<String, Member>>,
     rules: Vec<Rule>,
     pub counters: PoolCounters,
     /// Wakes the manager (failover needed).
@@ -96,6 +103,10 @@ pub struct PoolHandle {
     reset: watch::Sender<u64>,
     /// For the metrics: every proxy is unusable right now.
     pub all_down: std::sync::atomic::AtomicBool,
+    /// Fleet mode: what `status` shows about the proxy service.
+    service: Mutex<Option<fleet::ServiceStatus>>,
+    /// Fleet mode: where flows through the `service` member are reported.
+    feedback: std::sync::OnceLock<fleet::FeedbackSink>,
 }
 
 impl PoolHandle {
@@ -118,12 +129,14 @@ impl PoolHandle {
             account: account.name.clone(),
             pool: Mutex::new(pool),
             store,
-            upstreams,
+            upstreams: std::sync::RwLock::new(upstreams),
             rules: account.rules.clone(),
             counters: PoolCounters::default(),
             wake: Notify::new(),
             reset: watch::channel(0).0,
             all_down: false.into(),
+            service: Mutex::new(None),
+            feedback: std::sync::OnceLock::new(),
         });
         // The manager picks the first active proxy itself when it starts.
         h.apply(events.into_iter().filter(|e| !matches!(e, Event::NeedFailover { .. })).collect());
@@ -131,17 +144,29 @@ impl PoolHandle {
         Ok(h)
     }
 
+    fn get(&self, label: &str) -> Option<(Arc<Upstream>, Arc<ProxyCounters>)> {
+        self.upstreams.read().unwrap_or_else(|e| e.into_inner()).get(label).cloned()
+    }
+
+    /// Replaces the proxy behind a member (the `service` member, when the
+    /// proxy service hands out another); its counters stay.
+    pub fn set_upstream(&self, up: Upstream) {
+        let mut map = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
+        let counters = map.get(&up.entry.label).map(|(_, c)| c.clone()).unwrap_or_default();
+        map.insert(up.entry.label.clone(), (Arc::new(up), counters));
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn route_to(&self, label: &str, by_rule: bool) -> Option<Route> {
-        self.upstreams.get(label).map(|(u, c)| Route { upstream: u.clone(), counters: c.clone(), by_rule })
+        self.get(label).map(|(upstream, counters)| Route { upstream, counters, by_rule })
     }
 
     /// The counters of one member.
     pub fn counters_of(&self, label: &str) -> Option<Arc<ProxyCounters>> {
-        self.upstreams.get(label).map(|(_, c)| c.clone())
+        self.get(label).map(|(_, c)| c)
     }
 
     /// The active proxy, if any.
@@ -169,9 +194,15 @@ impl PoolHandle {
         self.active().ok_or(Refusal::NoActive)
     }
 
-    /// The outcome of a flow's connection through `label`.
-    pub fn report(&self, route: &Route, result: Result<(), &ProxyError>) {
+    /// The outcome of a flow's connection through `label`, begun at
+    /// `started`.
+    pub fn report(&self, route: &Route, result: Result<(), &ProxyError>, started: std::time::Instant) {
         let label = route.label();
+        if label == crate::config::SERVICE_LABEL
+            && let Some(sink) = self.feedback.get()
+        {
+            sink.offer(&route.upstream.entry.endpoint(), result.map(|()| started.elapsed()).map_err(|e| e.to_string()));
+        }
         let events = match result {
             Ok(()) => {
                 route.counters.flows.fetch_add(1, Relaxed);
@@ -202,7 +233,7 @@ impl PoolHandle {
     }
 
     fn endpoint(&self, label: &str) -> String {
-        self.upstreams.get(label).map(|(u, _)| u.entry.endpoint()).unwrap_or_default()
+        self.get(label).map(|(u, _)| u.entry.endpoint()).unwrap_or_default()
     }
 
     /// Logs and counts events; wakes the manager when a failover is needed.
@@ -289,7 +320,7 @@ struct Manager {
 
 impl Manager {
     fn upstream(&self, label: &str) -> Option<(Arc<Upstream>, Arc<ProxyCounters>)> {
-        self.h.upstreams.get(label).cloned()
+        self.h.get(label)
     }
 
     fn commit(&self, events: Vec<Event>) {
@@ -522,12 +553,20 @@ pub async fn manage(
     cfg: ManagerConfig,
     mut calls: mpsc::Receiver<Call>,
     chosen: tokio::sync::oneshot::Sender<()>,
+    mut fleet: Option<fleet::Fleet>,
 ) {
     let m = Manager { h, cfg };
+    let before = m.h.lock().active().map(str::to_string);
+    // Fleet mode: the service first, so the first choice can be its proxy.
+    let mut next_alloc = None;
+    if let Some(f) = fleet.as_mut() {
+        next_alloc = Some(tokio::time::Instant::now() + m.refresh(f).await);
+    }
     // At start: a remembered active proxy is kept (sticky) and its egress
     // recorded; otherwise the best candidate that passes its check.
     let active = m.h.lock().active().map(str::to_string);
     match active {
+        Some(label) if before.as_ref() != Some(&label) => {}
         Some(label) => {
             let ep = m.h.endpoint(&label);
             tracing::info!(account = %m.h.account, proxy = %label, endpoint = %ep, "proxy selected (kept from the previous run)");
@@ -543,6 +582,16 @@ pub async fn manage(
             _ = tokio::time::sleep_until(next) => {
                 m.tick().await;
                 next = tokio::time::Instant::now() + interval;
+            }
+            _ = async {
+                match next_alloc {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(f) = fleet.as_mut() {
+                    next_alloc = Some(tokio::time::Instant::now() + m.refresh(f).await);
+                }
             }
             _ = m.h.wake.notified() => {
                 if m.h.lock().active().is_none() {
