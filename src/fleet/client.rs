@@ -186,6 +186,8 @@ impl ServiceClient {
             Ok(_) => {}
             // Many servers close without a TLS close_notify.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            // rustls reports alerts (a refused client certificate) as InvalidData.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(format!("TLS: {e}")),
             Err(e) => return Err(format!("receive: {e}")),
         }
         if buf.len() as u64 > cap {

@@ -393,7 +393,181 @@ impl Topology {
     pub fn dns_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
     }
+
+    /// The fleet-mode proxy service (`SERVICE_PY`) in a namespace of its
+    /// own, reached from the host: `url` without client certificates,
+    /// `mtls_url` requiring one signed by the test CA.
+    pub fn add_service(&mut self) -> Service {
+        let (p, l) = (self.prefix.clone(), 7u8);
+        let ns = format!("{p}-svc");
+        must(&format!("ip netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        let (host_side, ip) = (self.net(l, 1), self.net(l, 2));
+        must(&format!("ip link add {p}hs type veth peer name eth0 netns {ns}"));
+        self.links.push(format!("{p}hs"));
+        must(&format!("ip addr add {host_side}/24 dev {p}hs && ip link set {p}hs up"));
+        must(&format!(
+            "ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
+        ));
+        let dir = self.dir.join("service");
+        std::fs::create_dir_all(&dir).expect("service dir");
+        let d = dir.display();
+        // A CA, the service's certificate (for its IP) and a client certificate.
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        must(&format!(
+            "cd {d} && openssl req -x509 {ec} -days 1 -subj /CN=nsproxy-test-ca -keyout ca.key -out ca.pem 2>/dev/null \
+             && openssl req {ec} -subj /CN=alloc -keyout srv.key -out srv.csr 2>/dev/null \
+             && printf 'subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n' > srv.ext \
+             && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile srv.ext -out srv.pem 2>/dev/null \
+             && openssl req {ec} -subj /CN=nsproxy-client -keyout client.key -out client.csr 2>/dev/null \
+             && printf 'extendedKeyUsage=clientAuth\n' > client.ext \
+             && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile client.ext -out client.pem 2>/dev/null \
+             && chmod 600 client.key && echo ok > mode"
+        ));
+        std::fs::write(dir.join("service.py"), SERVICE_PY).expect("service.py");
+        let mut s = Service {
+            ns,
+            ip,
+            url: format!("https://{ip}:8443"),
+            mtls_url: format!("https://{ip}:8444"),
+            dir,
+            procs: Vec::new(),
+        };
+        s.start();
+        s
+    }
 }
+
+/// The fleet-mode proxy service of the tests (see `SERVICE_PY`).
+pub struct Service {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub url: String,
+    pub mtls_url: String,
+    pub dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Service {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Starts both listeners (8443, and 8444 with client certificates).
+    pub fn start(&mut self) {
+        let d = self.dir.display().to_string();
+        for (port, client_ca) in [(8443u16, "-".to_string()), (8444, format!("{d}/ca.pem"))] {
+            let cmd =
+                format!("/usr/bin/python3 {d}/service.py {} {port} {d}/srv.pem {d}/srv.key {client_ca} {d}", self.ip);
+            self.procs.push(spawn_in(&self.ns, "service", &cmd, &self.dir.join(format!("service{port}.log"))));
+            wait_port(&self.ns, self.ip, port);
+        }
+    }
+
+    /// Stops both listeners (by PID): the service is down.
+    pub fn stop(&mut self) {
+        for p in self.procs.iter_mut() {
+            p.stop();
+        }
+        self.procs.clear();
+    }
+
+    /// `ok`, `slow`, `garbage`, `500`.
+    pub fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.join("mode"), mode).expect("mode");
+    }
+
+    /// What the service accepts: `bearer:TOKEN`, `apikey:KEY` or `mtls`.
+    pub fn expect_auth(&self, auth: &str) {
+        std::fs::write(self.dir.join("expect"), auth).expect("expect");
+    }
+
+    /// The allocation it hands out.
+    pub fn set_answer(&self, answer: &serde_json::Value) {
+        std::fs::write(self.dir.join("alloc.json"), answer.to_string()).expect("alloc");
+    }
+
+    /// Every request it received, in order.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn allocations(&self) -> Vec<serde_json::Value> {
+        self.requests().into_iter().filter(|r| r["path"] == "/api/v1/proxy/request").collect()
+    }
+
+    pub fn feedback(&self) -> Vec<serde_json::Value> {
+        self.requests().into_iter().filter(|r| r["path"] == "/api/v1/proxy/feedback").collect()
+    }
+}
+
+/// The proxy service: HTTPS, records every request (path, auth headers,
+/// whether a client certificate was shown, JSON body) to requests.jsonl;
+/// answers according to the files `mode`, `expect` and `alloc.json` in its
+/// directory, read per request.
+pub const SERVICE_PY: &str = r#"
+import json, ssl, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+addr, port, cert, key, client_ca, d = sys.argv[1:7]
+LOG = open(d + "/requests.jsonl", "a", buffering=1)
+def read(name, default=""):
+    try:
+        return open(d + "/" + name).read().strip()
+    except OSError:
+        return default
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        try:
+            body = json.loads(raw)
+        except Exception:
+            body = None
+        mode, expect = read("mode", "ok"), read("expect")
+        cert_seen = bool(self.connection.getpeercert())
+        LOG.write(json.dumps({"path": self.path, "port": int(port), "auth": self.headers.get("Authorization"),
+                              "api_key": self.headers.get("X-API-Key"), "client_cert": cert_seen,
+                              "body": body, "mode": mode, "t": time.time()}) + "\n")
+        if expect.startswith("bearer:"):
+            ok = self.headers.get("Authorization") == "Bearer " + expect[7:]
+        elif expect.startswith("apikey:"):
+            ok = self.headers.get("X-API-Key") == expect[7:]
+        else:
+            ok = cert_seen
+        if not ok:
+            return self.reply(401, b'{"error":"unauthorized"}')
+        if self.path.endswith("/proxy/feedback"):
+            return self.reply(200, b"{}")
+        if mode == "slow":
+            time.sleep(20)
+        if mode == "garbage":
+            return self.reply(200, b"<html>not json at all")
+        if mode == "500":
+            return self.reply(500, b'{"error":"down"}')
+        self.reply(200, read("alloc.json", "{}").encode())
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+if client_ca != "-":
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+srv = ThreadingHTTPServer((addr, int(port)), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
 
 impl Drop for Topology {
     fn drop(&mut self) {
