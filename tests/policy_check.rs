@@ -25,12 +25,14 @@ fn shipped_examples_are_valid() {
     let accounts =
         nsproxy::config::load(&dir, &Default::default()).unwrap_or_else(|p| panic!("examples invalid:\n{p}"));
     let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, vec!["account-a", "account-b", "account-c"]);
+    assert_eq!(names, vec!["account-a", "account-fleet", "account-b", "account-c"]);
     let (ok, text) = check(&dir);
-    // Only the (absent) password files may be reported.
+    // Only the (absent) password, token and CA files may be reported.
     assert!(!ok);
     for line in text.lines().filter(|l| !l.ends_with("problem(s) found")) {
-        assert!(line.contains("password_file") && line.contains("does not exist"), "unexpected problem: {line}");
+        let absent = line.contains("does not exist") || line.contains("No such file");
+        let field = ["password_file", "token_file", "ca_file"].iter().any(|f| line.contains(f));
+        assert!(absent && field, "unexpected problem: {line}");
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::config::{Account, KeySource, Problem, ProxyEntry, SecretRef, Token, UserRef};
+use crate::config::{Account, KeySource, Problem, ProxyEntry, SecretRef, ServiceAuth, Token, UserRef};
 
 pub mod fernet;
 
@@ -76,13 +76,17 @@ impl SecretError {
     }
 }
 
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Checks a secret file the way the daemon will read it: a regular file,
 /// not a symlink, owned by root, mode 0600 or 0400. Returns why not.
 pub fn check_file(path: &Path) -> Result<(), String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "does not exist".to_string(),
-        _ => e.to_string(),
-    })?;
+    let meta = fs::symlink_metadata(path).map_err(|e| io_reason(&e))?;
     if meta.file_type().is_symlink() {
         return Err("is a symlink; name the real file instead".into());
     }
@@ -280,6 +284,39 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
                 };
                 out.push(problem(format!("account {}: proxies[{i}].{field}{suffix}", a.name), e.detail()));
             }
+        }
+    }
+    if let Some(svc) = &a.external_service {
+        let field = |f: &str| format!("account {}: external_service.{f}", a.name);
+        match &svc.auth {
+            ServiceAuth::BearerToken(r) | ServiceAuth::ApiKey(r) => {
+                let skip = match r {
+                    SecretRef::Env(_) => !with_env,
+                    SecretRef::Encrypted(_) => key.is_none() && a.secrets_key.is_some(),
+                    SecretRef::File(_) => false,
+                };
+                if !skip
+                    && let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), "external_service", "token")
+                {
+                    let suffix = match r {
+                        SecretRef::File(_) => "token_file",
+                        SecretRef::Env(_) => "token_env",
+                        SecretRef::Encrypted(_) => "token_encrypted",
+                    };
+                    out.push(problem(field(suffix), e.detail()));
+                }
+            }
+            ServiceAuth::MutualTls { cert_file, key_file } => {
+                if let Err(reason) = check_file(key_file) {
+                    out.push(problem(field("client_key_file"), format!("{}: {reason}", key_file.display())));
+                }
+                if let Err(e) = fs::metadata(cert_file) {
+                    out.push(problem(field("client_cert_file"), format!("{}: {}", cert_file.display(), io_reason(&e))));
+                }
+            }
+        }
+        if let Err(e) = fs::metadata(&svc.ca_file) {
+            out.push(problem(field("ca_file"), format!("{}: {}", svc.ca_file.display(), io_reason(&e))));
         }
     }
     out

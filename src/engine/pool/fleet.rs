@@ -279,3 +279,29 @@ impl PoolHandle {
         let _ = self.feedback.set(sink);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_feedback_queue_drops_and_counts_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(FEEDBACK_QUEUE);
+        let sink = FeedbackSink {
+            tx,
+            dropped: AtomicU64::new(0),
+            account: "a".into(),
+            connection_type: "all".into(),
+            client_id: "c".into(),
+        };
+        for i in 0..FEEDBACK_QUEUE + 10 {
+            let r = if i % 2 == 0 { Ok(Duration::from_millis(3)) } else { Err("refused".to_string()) };
+            sink.offer("socks5://h:1", r);
+        }
+        assert_eq!(sink.dropped.load(Relaxed), 10);
+        let first = rx.recv().await.expect("queued");
+        assert!(first.success && first.latency_ms == Some(3) && first.proxy_url == "socks5://h:1");
+        let second = rx.recv().await.expect("queued");
+        assert!(!second.success && second.error_details.as_deref() == Some("refused"));
+    }
+}
