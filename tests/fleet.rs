@@ -113,6 +113,16 @@ fn the_services_proxy_carries_flows_the_answer_is_cached_and_feedback_arrives() 
     assert_eq!(st["breaker"], "closed");
     assert_eq!(st["allocations"], 1);
 
+    let text = out(&a.cmd(&["status", &a.name]));
+    assert!(text.contains("service:   allocated, breaker closed"), "{text}");
+    // The service's proxy is a pool member like the others: rotate away and back.
+    let o = a.cmd(&["rotate", &a.name, "--to", "own"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(seen_ip(&a).as_deref(), Ok(e1.as_str()));
+    let o = a.cmd(&["rotate", &a.name, "--to", "service"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(seen_ip(&a).as_deref(), Ok(e2.as_str()));
+
     // The service's proxy dies: flows fail, are reported as failures, and
     // the pool falls back to the account's own proxy.
     topo.stop_proxy(1);
