@@ -85,15 +85,11 @@ impl Upstream {
         self.open().await.map(drop)
     }
 
-    /// The stand-in for the proxy service's member before the service has
-    /// handed out a proxy: every use fails at once.
-    pub fn unallocated(entry: ProxyEntry) -> Upstream {
-        Upstream { entry: ProxyEntry { host: "unallocated".into(), port: 0, ..entry }, creds: None }
-    }
-
     async fn open(&self) -> Result<TcpStream, ProxyError> {
         let proxy = self.name();
         let e = &self.entry;
+        // Port 0: the proxy service's member before the service has handed
+        // out a proxy (`engine::pool::fleet::placeholder_entry`).
         if e.port == 0 {
             return Err(ProxyError::Connect {
                 proxy,
