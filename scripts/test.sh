@@ -15,3 +15,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # docs/performance.md come from `cargo bench --bench proxy`.
 cargo test --locked --bench proxy
 cargo test --locked --lib --bins --tests
+# Bad input: a short libFuzzer run of every fuzz target (packets, DNS,
+# proxy replies, policies, control requests, service answers), from the
+# corpus kept in fuzz/corpus. Longer runs: scripts/fuzz.sh 600.
+./scripts/fuzz.sh 20
