@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
-      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv)
+      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv iputils-ping tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -394,6 +394,26 @@ impl Topology {
         std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
     }
 
+    /// A "LAN" host: a namespace on a link of the host's own (10.B.x.2),
+    /// reachable from the host but by no proxy. Returns its namespace and
+    /// address; anything that arrives there from an account is a leak.
+    pub fn add_lan(&mut self) -> (String, Ipv4Addr) {
+        let (p, l) = (self.prefix.clone(), 6u8);
+        let ns = format!("{p}-lan");
+        must(&format!("ip netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        let (host_side, ip) = (self.net(l, 1), self.net(l, 2));
+        must(&format!("ip link add {p}hl type veth peer name eth0 netns {ns}"));
+        self.links.push(format!("{p}hl"));
+        let _ = sh(&format!("sysctl -qw net.ipv6.conf.{p}hl.disable_ipv6=1"));
+        must(&format!("ip addr add {host_side}/24 dev {p}hl && ip link set {p}hl up"));
+        must(&format!(
+            "ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
+        ));
+        must(&format!("ip -n {ns} route add default via {host_side}"));
+        (ns, ip)
+    }
+
     /// The fleet-mode proxy service (`SERVICE_PY`) in a namespace of its
     /// own, reached from the host: `url` without client certificates,
     /// `mtls_url` requiring one signed by the test CA.
@@ -435,6 +455,44 @@ impl Topology {
         };
         s.start();
         s
+    }
+}
+
+/// A packet capture (tcpdump on every interface of a namespace).
+pub struct Capture {
+    proc: Proc,
+    file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &str, file: PathBuf) -> Capture {
+        let log = file.with_extension("log");
+        let proc = spawn_in(ns, "tcpdump", &format!("tcpdump -i any -nn -U -w {}", file.display()), &log);
+        wait_until("tcpdump listening", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("listening on")
+        });
+        Capture { proc, file }
+    }
+
+    /// Stops it and returns every IPv4/IPv6 packet as `(source address, line)`.
+    pub fn stop(mut self) -> Vec<(String, String)> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.proc.stop();
+        let text = out(&sh(&format!("tcpdump -nn -r {} 2>/dev/null", self.file.display())));
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.split_once(" IP ").or_else(|| l.split_once(" IP6 "))?.1;
+                let src = rest.split_whitespace().next()?;
+                // a.b.c.d.port or a.b.c.d (ICMP); IPv6 likewise with ':'.
+                let addr = if src.contains(':') {
+                    src.rsplit_once('.').map(|(a, _)| a).unwrap_or(src)
+                } else {
+                    let parts: Vec<&str> = src.trim_end_matches(':').split('.').collect();
+                    if parts.len() >= 4 { return Some((parts[..4].join("."), l.to_string())) } else { src }
+                };
+                Some((addr.trim_end_matches(':').to_string(), l.to_string()))
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,317 @@
+//! Issue 7, leak probes (test plan cases 1-10): from inside an account,
+//! TCP, UDP, ICMP, DNS and IPv6 probes to the origin (the "internet"), a
+//! LAN host and the host's own address, in every state: running, active
+//! proxy dead, all proxies dead, daemon killed, daemon restarting, after a
+//! rotation. Packets are captured with tcpdump in the origin and LAN
+//! namespaces and the host listens on its own address; pass = nothing
+//! arrives from any address but a proxy's. Every run starts with a positive
+//! control: the same probes from the unprotected host MUST be seen.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Runs every probe at once, prints one JSON line per probe.
+const PROBE_PY: &str = r#"
+import json, socket, subprocess, sys, threading
+origin, lan, host, origin6, canary = sys.argv[1:6]
+results = []
+def tcp(addr, port, family=socket.AF_INET):
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM); s.settimeout(2); s.connect((addr, port))
+        if port == 80:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                d = s.recv(4096)
+                if not d: break
+                data += d
+            r = "connected, answer " + data.split(b"\r\n\r\n")[-1].decode(errors="replace").strip()
+        else:
+            r = "connected"
+        s.close()
+    except Exception as e:
+        r = type(e).__name__ + ": " + str(e)
+    results.append(("tcp %s:%d" % (addr, port), r))
+def udp(addr, port, family=socket.AF_INET):
+    try:
+        s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(1); s.sendto(b"probe", (addr, port))
+        try:
+            s.recvfrom(100); r = "answered"
+        except socket.timeout:
+            r = "sent, no answer"
+    except Exception as e:
+        r = type(e).__name__ + ": " + str(e)
+    results.append(("udp %s:%d" % (addr, port), r))
+def cmd(name, argv):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=8)
+        out = (p.stdout.strip() or p.stderr.strip()).replace("\n", " | ")
+        r = "exit %d: %s" % (p.returncode, out[:90])
+    except Exception as e:
+        r = type(e).__name__
+    results.append((name, r))
+jobs = []
+for a in (origin, lan, host):
+    for port in (80, 443, 1337):
+        jobs.append((tcp, (a, port)))
+    for port in (53, 443, 1337, 3478):
+        jobs.append((udp, (a, port)))
+    jobs.append((cmd, ("ping " + a, ["ping", "-n", "-c1", "-W1", a])))
+jobs.append((tcp, (origin6, 80, socket.AF_INET6)))
+jobs.append((udp, (origin6, 53, socket.AF_INET6)))
+jobs.append((cmd, ("ping -6 " + origin6, ["ping", "-n", "-6", "-c1", "-W1", origin6])))
+jobs.append((cmd, ("dig @" + origin, ["dig", "+short", "+time=2", "+tries=1", "@" + origin, "api.exchange.test"])))
+jobs.append((cmd, ("dig +tcp @" + origin, ["dig", "+short", "+tcp", "+time=2", "+tries=1", "@" + origin, "api.exchange.test"])))
+jobs.append((cmd, ("getent hosts " + canary, ["getent", "hosts", canary])))
+jobs.append((cmd, ("curl http://api.exchange.test/", ["curl", "-sS", "-m", "3", "http://api.exchange.test/"])))
+threads = [threading.Thread(target=f, args=a) for f, a in jobs]
+for t in threads: t.start()
+for t in threads: t.join()
+for n, r in sorted(results):
+    print(json.dumps({"probe": n, "result": r}))
+"#;
+
+/// Logs every TCP connection and UDP datagram to the host's own address.
+const HOST_LISTENER_PY: &str = r#"
+import socket, sys, threading
+addr, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((addr, 1337)); s.listen(64)
+    while True:
+        c, peer = s.accept(); log.write("tcp %s\n" % peer[0]); c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, 1337))
+    while True:
+        _, peer = s.recvfrom(100); log.write("udp %s\n" % peer[0])
+threading.Thread(target=tcp, daemon=True).start()
+udp()
+"#;
+
+struct Bed {
+    topo: Topology,
+    lan_ns: String,
+    lan_ip: std::net::Ipv4Addr,
+    host_log: std::path::PathBuf,
+    _listener: std::process::Child,
+    /// Addresses allowed at the origin: the proxies' and the origin's own.
+    allowed: BTreeSet<String>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self._listener.kill();
+        let _ = self._listener.wait();
+    }
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let mut topo = Topology::new(&[Kind::Microsocks, Kind::Microsocks]);
+        let (lan_ns, lan_ip) = topo.add_lan();
+        let host_log = topo.dir.join("host-listener.log");
+        let script = topo.dir.join("host_listener.py");
+        std::fs::write(&script, HOST_LISTENER_PY).expect("script");
+        let listener = std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(topo.host_addr.to_string())
+            .arg(&host_log)
+            .spawn()
+            .expect("host listener");
+        wait_until("host listener", Duration::from_secs(5), || {
+            sh(&format!("ss -ltnH 'sport = :1337' | grep -q {}", topo.host_addr)).status.success()
+        });
+        let mut allowed: BTreeSet<String> =
+            [topo.origin_addr, topo.origin_addr2()].iter().map(|a| a.to_string()).collect();
+        for p in &topo.proxies {
+            for a in [p.egress.to_string(), p.origin_ip.to_string(), p.egress6.to_string(), p.origin_ip6.to_string()] {
+                allowed.insert(a);
+            }
+        }
+        Bed { topo, lan_ns, lan_ip, host_log, _listener: listener, allowed }
+    }
+
+    fn host_hits(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.host_log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    fn args(&self) -> String {
+        format!(
+            "{} {} {} {} canary-{}.test",
+            self.topo.origin_addr, self.lan_ip, self.topo.host_addr, self.topo.proxies[0].origin_ip6, self.topo.prefix
+        )
+    }
+
+    /// Runs `probe` with both captures on; returns (probe output, packets
+    /// at the origin from an address that is not a proxy's or the
+    /// origin's, packets at the LAN host, new hits on the host's address).
+    fn observe(&self, tag: &str, probe: impl FnOnce() -> String) -> (String, Vec<String>, Vec<String>, Vec<String>) {
+        let dir = &self.topo.dir;
+        let before = self.host_hits().len();
+        let origin = Capture::start(&self.topo.origin_ns, dir.join(format!("origin-{tag}.pcap")));
+        let lan = Capture::start(&self.lan_ns, dir.join(format!("lan-{tag}.pcap")));
+        let text = probe();
+        std::thread::sleep(Duration::from_millis(500));
+        let at_origin: Vec<String> = origin
+            .stop()
+            .into_iter()
+            .filter(|(src, _)| !self.allowed.contains(src) && !src.starts_with("fe80"))
+            .map(|(_, l)| l)
+            .collect();
+        let lan_ip = self.lan_ip.to_string();
+        let at_lan: Vec<String> = lan
+            .stop()
+            .into_iter()
+            .filter(|(src, _)| *src != lan_ip && !src.starts_with("fe80"))
+            .map(|(_, l)| l)
+            .collect();
+        let host = self.host_hits()[before..].to_vec();
+        (text, at_origin, at_lan, host)
+    }
+}
+
+fn print_probes(state: &str, text: &str) {
+    println!("---- {state}: what was tried, what it saw");
+    for l in text.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+            println!("  {:<34} {}", v["probe"].as_str().unwrap_or(""), v["result"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn assert_no_leak(state: &str, seen: &(String, Vec<String>, Vec<String>, Vec<String>)) {
+    let (text, origin, lan, host) = seen;
+    print_probes(state, text);
+    println!(
+        "  leaks: {} packet(s) at the origin from a non-proxy address, {} at the LAN host, {} on the host's address",
+        origin.len(),
+        lan.len(),
+        host.len()
+    );
+    assert!(origin.is_empty(), "{state}: LEAK at the origin:\n{}", origin.join("\n"));
+    assert!(lan.is_empty(), "{state}: LEAK at the LAN host:\n{}", lan.join("\n"));
+    assert!(host.is_empty(), "{state}: LEAK to the host's own address: {host:?}");
+}
+
+fn probe_inside(a: &Account, bed: &Bed) -> String {
+    let o = a.python(PROBE_PY, &bed.args());
+    out(&o)
+}
+
+/// Runs the probes in the account's namespace without `nsproxy exec`
+/// (which refuses while the daemon is down), as the test user: a program
+/// that was already running there.
+fn probe_in_namespace(a: &Account, bed: &Bed) -> String {
+    let script = bed.topo.dir.join("probe.py");
+    out(&sh(&format!(
+        "ip netns exec {} runuser -u {TEST_USER} -- /usr/bin/python3 {} {}",
+        a.namespace,
+        script.display(),
+        bed.args()
+    )))
+}
+
+fn result_of(text: &str, probe: &str) -> String {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["probe"] == probe)
+        .and_then(|v| v["result"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn no_probe_leaves_the_account_in_any_state() {
+    if !root_or_skip("leak_probe_matrix") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let mut bed = Bed::new();
+    let probe_script = bed.topo.dir.join("probe.py");
+    std::fs::write(&probe_script, PROBE_PY).expect("probe");
+    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_script.display()));
+
+    // Positive control: the same probes from the unprotected host.
+    let args = bed.args();
+    let control = bed.observe("control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_script.display()))));
+    print_probes("positive control (host, unprotected)", &control.0);
+    println!(
+        "  seen: {} packet(s) at the origin from the host, {} at the LAN host, {} on the host's address",
+        control.1.len(),
+        control.2.len(),
+        control.3.len()
+    );
+    assert!(
+        control.1.iter().any(|l| l.contains(&bed.topo.host_addr.to_string())),
+        "the origin capture must see the host"
+    );
+    assert!(!control.2.is_empty(), "the LAN capture must see the host's probes");
+    assert!(
+        control.3.iter().any(|h| h.starts_with("tcp")) && control.3.iter().any(|h| h.starts_with("udp")),
+        "{:?}",
+        control.3
+    );
+
+    let topo = &bed.topo;
+    let (e1, e2) = (topo.proxies[0].egress.to_string(), topo.proxies[1].egress.to_string());
+    let body = format!(
+        "    exec:\n      users: [{TEST_USER}]\n    ipv6: proxy\n    proxies:\n      - label: p1\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw0\n        priority: 10\n        connect_timeout: 1s\n        handshake_timeout: 2s\n      - label: p2\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw1\n        priority: 20\n        connect_timeout: 1s\n        handshake_timeout: 2s\n    health_check:\n      interval: 1s\n      timeout: 1s\n      target: tcp://api.exchange.test:80\n      failures_before_unhealthy: 1\n",
+        topo.proxies[0].url(),
+        topo.proxies[0].user,
+        topo.proxies[1].url(),
+        topo.proxies[1].user
+    );
+    let a = Account::new("lk", &body);
+    a.secret("pw0", &topo.proxies[0].pass);
+    a.secret("pw1", &topo.proxies[1].pass);
+    a.up();
+
+    // 1. Running.
+    let seen = bed.observe("running", || probe_inside(&a, &bed));
+    assert_no_leak("running", &seen);
+    let r = result_of(&seen.0, &format!("tcp {}:80", bed.topo.origin_addr));
+    assert!(r.contains(&format!("answer {e1}")), "TCP to the origin arrives from p1's address: {r}");
+
+    // 2. Active proxy dead (probes race the failover).
+    bed.topo.stop_proxy(0);
+    let seen = bed.observe("active-proxy-dead", || probe_inside(&a, &bed));
+    assert_no_leak("active proxy dead", &seen);
+    wait_until("failover to p2", Duration::from_secs(15), || {
+        out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == e2
+    });
+
+    // 3. All proxies dead.
+    bed.topo.stop_proxy(1);
+    let seen = bed.observe("all-proxies-dead", || probe_inside(&a, &bed));
+    assert_no_leak("all proxies dead", &seen);
+    bed.topo.start_proxy(0);
+    bed.topo.start_proxy(1);
+
+    // 4. Daemon killed (SIGKILL): the TUN goes with it, nothing can leave.
+    let pid = a.daemon_pid().expect("daemon pid");
+    must(&format!("kill -9 {pid}"));
+    wait_until("daemon gone", Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let seen = bed.observe("daemon-killed", || probe_in_namespace(&a, &bed));
+    assert_no_leak("daemon killed", &seen);
+
+    // 5. Daemon restarting: probes while `up` runs.
+    let seen = bed.observe("daemon-restarting", || {
+        let up =
+            std::process::Command::new(BIN).arg("--policies").arg(&a.policy).args(["up", &a.name]).spawn().expect("up");
+        let text = probe_in_namespace(&a, &bed);
+        let _ = up.wait_with_output();
+        text
+    });
+    assert_no_leak("daemon restarting", &seen);
+
+    // 6. After a rotation.
+    wait_until("account up again", Duration::from_secs(20), || a.cmd(&["check", &a.name]).status.success());
+    let o = a.cmd(&["rotate", &a.name, "--burn"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let seen = bed.observe("after-rotation", || probe_inside(&a, &bed));
+    assert_no_leak("after rotation", &seen);
+    let r = result_of(&seen.0, "curl http://api.exchange.test/");
+    assert!(r.ends_with(&e2) || r.ends_with(&e1), "{r}");
+    let _ = &mut bed;
+}
