@@ -315,3 +315,52 @@ fn no_probe_leaves_the_account_in_any_state() {
     assert!(r.ends_with(&e2) || r.ends_with(&e1), "{r}");
     let _ = &mut bed;
 }
+
+/// `n` new connections to `host`: prints each answer (the origin's view of
+/// the client address) with its count.
+const TAGGED_PY: &str = r#"
+import collections, socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+seen = collections.Counter()
+for i in range(n):
+    s = socket.create_connection((host, 80), timeout=5)
+    s.sendall(b"GET /?tag=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i)
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    seen[data.split(b"\r\n\r\n")[-1].decode().strip()] += 1
+for ip, c in sorted(seen.items()):
+    print(ip, c)
+"#;
+
+#[test]
+fn two_accounts_never_share_an_egress() {
+    if !root_or_skip("cross_account_isolation") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks, Kind::Dante]);
+    let a = Account::for_proxy("ia", &topo.proxies[0], "");
+    let b = Account::for_proxy("ib", &topo.proxies[1], "");
+    a.up();
+    b.up();
+    let (e1, e2) = (topo.proxies[0].egress.to_string(), topo.proxies[1].egress.to_string());
+    let n = 300;
+    let mut ca = a.python_spawn(TAGGED_PY, &[HOSTNAME, &n.to_string()]);
+    let mut cb = b.python_spawn(TAGGED_PY, &[HOSTNAME, &n.to_string()]);
+    let read = |c: &mut std::process::Child| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(c.stdout.as_mut().expect("stdout"), &mut s).expect("read");
+        let _ = c.wait();
+        s
+    };
+    let (ra, rb) = (read(&mut ca), read(&mut cb));
+    println!("account A ({n} connections at once with B): {}", ra.trim().replace('\n', ", "));
+    println!("account B ({n} connections at once with A): {}", rb.trim().replace('\n', ", "));
+    assert_eq!(ra.trim(), format!("{e1} {n}"), "every A connection via A's proxy");
+    assert_eq!(rb.trim(), format!("{e2} {n}"), "every B connection via B's proxy");
+    assert!(!topo.leaked());
+}
