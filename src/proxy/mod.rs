@@ -39,6 +39,10 @@ impl fmt::Display for Target {
 pub enum ProxyError {
     #[error("proxy {proxy}: cannot connect: {source}")]
     Connect { proxy: String, source: std::io::Error },
+    /// This host ran out of something (descriptors, buffers, memory): not
+    /// the proxy's fault, so it never counts against the proxy.
+    #[error("proxy {proxy}: cannot connect, this host is out of resources: {source}")]
+    Local { proxy: String, source: std::io::Error },
     #[error("proxy {proxy}: connect timed out after {timeout:?}")]
     ConnectTimeout { proxy: String, timeout: Duration },
     #[error("proxy {proxy}: handshake timed out after {timeout:?}")]
@@ -57,8 +61,18 @@ impl ProxyError {
     /// Whether the proxy itself failed (counts towards failover), as
     /// opposed to the proxy reporting that one destination is unreachable.
     pub fn is_proxy_level(&self) -> bool {
-        !matches!(self, ProxyError::Refused { destination_error: true, .. })
+        !matches!(self, ProxyError::Refused { destination_error: true, .. } | ProxyError::Local { .. })
     }
+
+    /// A shortage of this host's resources, not a fault of the proxy.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProxyError::Local { .. })
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the local end, not the network.
+fn is_resource_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// A proxy with its resolved credentials.
@@ -104,6 +118,7 @@ impl Upstream {
         };
         let stream = match tokio::time::timeout(e.connect_timeout, connect).await {
             Err(_) => return Err(ProxyError::ConnectTimeout { proxy, timeout: e.connect_timeout }),
+            Ok(Err(source)) if is_resource_shortage(&source) => return Err(ProxyError::Local { proxy, source }),
             Ok(Err(source)) => return Err(ProxyError::Connect { proxy, source }),
             Ok(Ok(s)) => s,
         };
@@ -206,5 +221,21 @@ impl Failure {
             },
             Failure::Protocol(reason) => ProxyError::Protocol { proxy: proxy.into(), reason },
         }
+    }
+}
+
+#[cfg(test)]
+mod local_error_tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_not_the_proxys_fault() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_resource_shortage(&emfile));
+        let e = ProxyError::Local { proxy: "p".into(), source: emfile };
+        assert!(!e.is_proxy_level() && e.is_local());
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!is_resource_shortage(&refused));
+        assert!(ProxyError::Connect { proxy: "p".into(), source: refused }.is_proxy_level());
     }
 }

@@ -1,0 +1,222 @@
+//! Issue 7, load and resource faults (test plan cases 17, 18, 25): many
+//! held flows on two accounts at once with RSS and fd counts over time, a
+//! program killed while holding flows, and a daemon under a low
+//! RLIMIT_NOFILE. Root. The bounded CI version holds 2,000 flows per
+//! account for 60 s; the soak (`scripts/soak.sh`) sets NSPROXY_LOAD_FLOWS
+//! and NSPROXY_LOAD_SECS (10,000 flows for 30 minutes).
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+/// Opens `n` connections to the origin's TCP echo, reports "open N", then
+/// every `period` seconds sends one line on every connection and checks
+/// the echo, reporting "round R ok N"; runs `secs` seconds, closes all,
+/// reports "done".
+const HOLD_PY: &str = r#"
+import resource, selectors, socket, sys, time
+host, n, secs, period = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for i in range(n):
+    s = socket.create_connection((host, 8082), timeout=20)
+    socks.append(s)
+print("open", len(socks), flush=True)
+end = time.time() + secs; r = 0
+while time.time() < end:
+    r += 1; ok = 0
+    for i, s in enumerate(socks):
+        m = b"r%d c%d\n" % (r, i)
+        s.sendall(m)
+    for i, s in enumerate(socks):
+        m = b"r%d c%d\n" % (r, i); got = b""
+        while len(got) < len(m):
+            d = s.recv(len(m) - len(got))
+            if not d: break
+            got += d
+        ok += got == m
+    print("round", r, "ok", ok, flush=True)
+    if ok != n: sys.exit(1)
+    time.sleep(max(0.0, min(period, end - time.time())))
+for s in socks: s.close()
+print("done", flush=True)
+"#;
+
+fn fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Established connections to the origin's echo port, seen in its namespace.
+fn origin_echo_conns(topo: &Topology) -> usize {
+    out(&sh(&format!("ip netns exec {} ss -tnH state established '( sport = :8082 )' | wc -l", topo.origin_ns)))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_accounts_hold_many_flows_with_flat_memory_and_fds() {
+    if !root_or_skip("load_two_accounts") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let (n, secs) = (env_num("NSPROXY_LOAD_FLOWS", 2000), env_num("NSPROXY_LOAD_SECS", 60));
+    let topo = Topology::new(&[Kind::Microsocks, Kind::Microsocks]);
+    let limits = format!("    limits:\n      max_flows: {}\n      max_half_open: {}\n", n + 100, n + 100);
+    let a = Account::for_proxy("la", &topo.proxies[0], &limits);
+    let b = Account::for_proxy("lb", &topo.proxies[1], &limits);
+    a.up();
+    b.up();
+    let (pa, pb) = (a.daemon_pid().expect("pid"), b.daemon_pid().expect("pid"));
+    let base = (fds(pa), fds(pb), rss_kib(pa), rss_kib(pb));
+    println!("baseline: fds {} / {}, RSS {} / {} KiB", base.0, base.1, base.2, base.3);
+    let period = "10";
+    let host = topo.origin_addr.to_string();
+    let mut ca = a.python_spawn(HOLD_PY, &[&host, &n.to_string(), &secs.to_string(), period]);
+    let mut cb = b.python_spawn(HOLD_PY, &[&host, &n.to_string(), &secs.to_string(), period]);
+    let mut la = BufReader::new(ca.stdout.take().expect("stdout")).lines();
+    let mut lb = BufReader::new(cb.stdout.take().expect("stdout")).lines();
+    let t0 = Instant::now();
+    let mut peak_rss = (0, 0);
+    let last = loop {
+        let (x, y) = (la.next(), lb.next());
+        let (x, y) = (x.and_then(Result::ok).unwrap_or_default(), y.and_then(Result::ok).unwrap_or_default());
+        peak_rss = (peak_rss.0.max(rss_kib(pa)), peak_rss.1.max(rss_kib(pb)));
+        println!(
+            "t={:>4.0}s  A: {x:<18} B: {y:<18} fds {} / {}  RSS {} / {} KiB  origin sees {} connections",
+            t0.elapsed().as_secs_f64(),
+            fds(pa),
+            fds(pb),
+            rss_kib(pa),
+            rss_kib(pb),
+            origin_echo_conns(&topo)
+        );
+        if x.is_empty() || y.is_empty() || x == "done" || y == "done" {
+            break (x, y);
+        }
+    };
+    let (_, _) = (ca.wait(), cb.wait());
+    assert_eq!(last, ("done".to_string(), "done".to_string()), "both held {n} flows for {secs} s, every echo intact");
+    wait_until("fds back to baseline", Duration::from_secs(20), || fds(pa) <= base.0 + 2 && fds(pb) <= base.1 + 2);
+    println!(
+        "after: fds {} / {} (baseline {} / {}), peak RSS {} / {} KiB ({:.1} / {:.1} KiB per flow)",
+        fds(pa),
+        fds(pb),
+        base.0,
+        base.1,
+        peak_rss.0,
+        peak_rss.1,
+        (peak_rss.0 - base.2) as f64 / n as f64,
+        (peak_rss.1 - base.3) as f64 / n as f64
+    );
+    assert!(!topo.leaked());
+}
+
+#[test]
+fn a_program_killed_while_holding_flows_leaves_nothing_open() {
+    if !root_or_skip("killed_program") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks]);
+    let a = Account::for_proxy("kp", &topo.proxies[0], "");
+    a.up();
+    let pid = a.daemon_pid().expect("pid");
+    let base = fds(pid);
+    let mut c = a.python_spawn(HOLD_PY, &[&topo.origin_addr.to_string(), "500", "600", "600"]);
+    let mut lines = BufReader::new(c.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "open 500");
+    wait_until("first round", Duration::from_secs(20), || lines.next().and_then(Result::ok).is_some());
+    let (held, at_origin) = (fds(pid), origin_echo_conns(&topo));
+    // Kill the program itself: `nsproxy exec` became python (same PID).
+    let _ = c.kill();
+    let _ = c.wait();
+    let t = Instant::now();
+    wait_until("daemon fds back to baseline", Duration::from_secs(20), || fds(pid) <= base + 2);
+    wait_until("origin connections closed", Duration::from_secs(20), || origin_echo_conns(&topo) == 0);
+    println!(
+        "500 flows held: daemon fds {base} -> {held}, origin saw {at_origin}; killed: fds back to {} and the origin's connections closed in {:?}",
+        fds(pid),
+        t.elapsed()
+    );
+    assert!(held >= base + 500, "the flows were really held");
+    let o = a.run("curl -sS -m 5 http://api.exchange.test/");
+    assert_eq!(out(&o).trim(), topo.proxies[0].egress.to_string());
+}
+
+#[test]
+fn a_low_fd_limit_refuses_the_excess_and_recovers() {
+    if !root_or_skip("low_rlimit") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks]);
+    let a = Account::for_proxy("fl", &topo.proxies[0], "");
+    let o = std::process::Command::new("prlimit")
+        .args(["--nofile=256:256", "--"])
+        .arg(BIN)
+        .arg("--policies")
+        .arg(&a.policy)
+        .args(["up", &a.name])
+        .output()
+        .expect("prlimit up");
+    assert!(o.status.success(), "{}", err(&o));
+    let pid = a.daemon_pid().expect("pid");
+    let limit = out(&sh(&format!("prlimit -p {pid} --nofile -o SOFT,HARD --noheadings")));
+    println!("daemon fd limit: {}", limit.trim());
+    // 1,000 connections at once against a 256-fd daemon.
+    const MANY: &str = r#"
+import socket, sys
+ok = fail = 0; socks = []
+for i in range(int(sys.argv[2])):
+    try:
+        s = socket.create_connection((sys.argv[1], 8082), timeout=5); s.sendall(b"x\n")
+        s.settimeout(5)
+        if s.recv(2) == b"x\n": ok += 1; socks.append(s)
+        else: fail += 1; s.close()
+    except OSError:
+        fail += 1
+print(ok, fail)
+"#;
+    let o = a.python(MANY, &format!("{} 1000", topo.origin_addr));
+    println!("1000 connections under the limit: {} ok / failed; {}", out(&o).trim(), err(&o).trim());
+    let nums: Vec<u64> = out(&o).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(nums.len(), 2, "{}", out(&o));
+    assert!(nums[0] > 0 && nums[1] > 0, "some connections work, the excess is refused: {nums:?}");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the daemon survives");
+    let t = Instant::now();
+    let recovered = (0..20).any(|_| {
+        let ok = out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == topo.proxies[0].egress.to_string();
+        if !ok {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        ok
+    });
+    println!("recovered: {recovered} after {:?}; daemon fds {}", t.elapsed(), fds(pid));
+    if !recovered {
+        let log = a.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        println!("daemon log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    assert!(recovered, "new connections work again once the program closed its own");
+    assert!(a.log().contains("descriptor") || a.log().contains("Too many open files"), "the cause is logged");
+}
