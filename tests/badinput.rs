@@ -199,6 +199,12 @@ fn a_syn_flood_from_inside_is_bounded_and_another_account_is_unaffected() {
         out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == topo.proxies[0].egress.to_string()
     });
     let (rss1, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    // The counters are published every 500 ms.
+    let t = std::time::Instant::now();
+    wait_until("counters published", Duration::from_secs(15), || {
+        a.stats()["flows_refused_limit"].as_u64().unwrap_or(0) > 0
+    });
+    println!("counters showed the refusals after {:?}", t.elapsed());
     let stats = a.stats();
     println!(
         "daemon RSS {rss0} KiB before, {rss1} KiB after, peak {hwm} KiB; flows refused by limits {}, opened {}",
