@@ -220,3 +220,124 @@ print(ok, fail)
     assert!(recovered, "new connections work again once the program closed its own");
     assert!(a.log().contains("descriptor") || a.log().contains("Too many open files"), "the cause is logged");
 }
+
+/// `n` cycles of: connect to the origin's echo, send, half-close, read the
+/// echo to EOF, close. Prints "cycles N ok M".
+const HALF_CLOSE_PY: &str = r#"
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2]); ok = 0
+for i in range(n):
+    s = socket.create_connection((host, 8082), timeout=10)
+    m = b"cycle %d" % i
+    s.sendall(m); s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        got += d
+    s.close(); ok += got == m
+print("cycles", n, "ok", ok)
+"#;
+
+fn count_state(ns: &str, state: &str) -> usize {
+    out(&sh(&format!("ip netns exec {ns} ss -tanH state {state} | wc -l"))).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn thousands_of_half_close_cycles_and_short_connections_leave_nothing_behind() {
+    if !root_or_skip("half_close_cycles_and_churn") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    // dante passes a half-close on (microsocks closes both ways at the
+    // first EOF, so the echo after a half-close would be lost there).
+    let topo = Topology::new(&[Kind::Dante]);
+    let a = Account::for_proxy("hc", &topo.proxies[0], "");
+    a.up();
+    let pid = a.daemon_pid().expect("pid");
+    let base = fds(pid);
+    let n = env_num("NSPROXY_CHURN", 1000);
+    let t = Instant::now();
+    let o = a.python(HALF_CLOSE_PY, &format!("{} {n}", topo.origin_addr));
+    println!("half-close cycles: {} in {:?}", out(&o).trim(), t.elapsed());
+    assert_eq!(out(&o).trim(), format!("cycles {n} ok {n}"), "{}", err(&o));
+    let t = Instant::now();
+    let o = a.python(
+        "import socket, sys\nok = 0\nfor i in range(int(sys.argv[2])):\n    s = socket.create_connection((sys.argv[1], 80), timeout=10); s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n    d = b''\n    while True:\n        x = s.recv(4096)\n        if not x: break\n        d += x\n    s.close(); ok += d.startswith(b'HTTP/1.1 200')\nprint(ok)\n",
+        &format!("{} {n}", topo.origin_addr),
+    );
+    println!("churn: {} of {n} short HTTP connections ok in {:?}", out(&o).trim(), t.elapsed());
+    assert_eq!(out(&o).trim(), n.to_string(), "{}", err(&o));
+    wait_until("flows and fds back to baseline", Duration::from_secs(20), || {
+        fds(pid) <= base && a.stats()["flows_active"] == 0
+    });
+    let (cw_origin, cw_proxy) =
+        (count_state(&topo.origin_ns, "close-wait"), count_state(&topo.proxies[0].ns, "close-wait"));
+    println!(
+        "after {} connections: daemon fds {} (baseline {base}), flows active {}, CLOSE_WAIT at the origin {cw_origin}, at the proxy {cw_proxy}",
+        2 * n,
+        fds(pid),
+        a.stats()["flows_active"]
+    );
+    assert_eq!((cw_origin, cw_proxy), (0, 0), "no connection left half-closed");
+}
+
+#[test]
+fn a_slow_reader_costs_buffers_not_the_data_sent() {
+    if !root_or_skip("slow_reader") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks]);
+    let a = Account::for_proxy("sr", &topo.proxies[0], "");
+    a.up();
+    let pid = a.daemon_pid().expect("pid");
+    let rss0 = rss_kib(pid);
+    // The origin would send 500 MB; the program reads 64 KiB every 50 ms
+    // (about 1.3 MB/s) for 10 s.
+    let script = "import socket, sys, time\ns = socket.create_connection((sys.argv[1], 80), timeout=10)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\ns.sendall(b'GET /bytes/500000000 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\ngot = 0; end = time.time() + 10\nwhile time.time() < end:\n    got += len(s.recv(65536)); time.sleep(0.05)\nprint(got)\n";
+    let mut c = a.python_spawn(script, &[&topo.origin_addr.to_string()]);
+    let mut peak = rss0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(11) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut got = String::new();
+    std::io::Read::read_to_string(c.stdout.as_mut().expect("stdout"), &mut got).expect("read");
+    let _ = c.wait();
+    let got: u64 = got.trim().parse().unwrap_or(0);
+    println!(
+        "slow reader took {:.1} MB in 10 s; daemon RSS {rss0} KiB before, peak {peak} KiB (+{} KiB)",
+        got as f64 / 1e6,
+        peak - rss0
+    );
+    assert!(got > 1_000_000, "the reader made progress: {got}");
+    // One flow's buffers (1 MiB per direction by default) plus slack, not 500 MB.
+    assert!(peak - rss0 < 16 * 1024, "memory bounded by buffers: +{} KiB", peak - rss0);
+}
+
+#[test]
+fn an_idle_websocket_still_delivers_after_a_long_silence() {
+    if !root_or_skip("idle_websocket") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let secs = env_num("NSPROXY_IDLE_WS_SECS", 150);
+    let topo = Topology::new(&[Kind::Microsocks]);
+    let a = Account::for_proxy("iw", &topo.proxies[0], "");
+    a.up();
+    let script = "import asyncio, sys, time, websockets\nasync def main():\n    async with websockets.connect('ws://ws.exchange.test:8081/', ping_interval=None) as ws:\n        await ws.send('ip?'); print('first', await ws.recv(), flush=True)\n        await asyncio.sleep(float(sys.argv[1]))\n        t = time.time(); await ws.send('after the silence'); print('after', await asyncio.wait_for(ws.recv(), 10), round(time.time() - t, 3), flush=True)\nasyncio.run(main())\n";
+    let t = Instant::now();
+    let o = a.python(script, &secs.to_string());
+    println!(
+        "idle WebSocket, {secs} s without a byte either way: {} ({:?})",
+        out(&o).trim().replace('\n', " | "),
+        t.elapsed()
+    );
+    assert!(out(&o).contains(&format!("first {}", topo.proxies[0].egress)), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("after after the silence"), "the next message is delivered: {}{}", out(&o), err(&o));
+}

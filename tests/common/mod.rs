@@ -926,7 +926,8 @@ async def main():
     await asyncio.start_server(http, None, 80, backlog=1024)
     await asyncio.start_server(http, "0.0.0.0", 8443, ssl=ctx, backlog=1024)
     await asyncio.start_server(echo, "0.0.0.0", 8082, backlog=1024)
-    await websockets.serve(ws, "0.0.0.0", 8081)
+    # No keep-alive pings: an idle connection is really silent.
+    await websockets.serve(ws, "0.0.0.0", 8081, ping_interval=None)
     await asyncio.Future()
 asyncio.run(main())
 "#;
