@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-export NSPROXY_LOAD_FLOWS="${1:-10000}" NSPROXY_LOAD_SECS="${2:-1800}"
+export NSP_TEST_LOAD_FLOWS="${1:-10000}" NSP_TEST_LOAD_SECS="${2:-1800}"
 ulimit -n "$(ulimit -Hn)"
 exec cargo test --release --test load two_accounts_hold_many_flows -- --nocapture

@@ -210,7 +210,10 @@ fn ten_accounts_up_and_down_in_parallel_leave_nothing() {
         return;
     }
     let accounts: Vec<Account> = (0..10).map(|_| simple_account("pa")).collect();
-    for round in 0..3 {
+    // 10 rounds in the suite; NSP_TEST_PARALLEL_ROUNDS=50 for the long run.
+    let rounds: u32 = std::env::var("NSP_TEST_PARALLEL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let t = std::time::Instant::now();
+    for round in 0..rounds {
         std::thread::scope(|s| {
             for a in &accounts {
                 s.spawn(move || a.up());
@@ -231,6 +234,7 @@ fn ten_accounts_up_and_down_in_parallel_leave_nothing() {
             nothing_left(a);
         }
     }
+    println!("{rounds} rounds of 10 accounts up and down in parallel in {:?}, nothing left", t.elapsed());
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! held flows on two accounts at once with RSS and fd counts over time, a
 //! program killed while holding flows, and a daemon under a low
 //! RLIMIT_NOFILE. Root. The bounded CI version holds 2,000 flows per
-//! account for 60 s; the soak (`scripts/soak.sh`) sets NSPROXY_LOAD_FLOWS
-//! and NSPROXY_LOAD_SECS (10,000 flows for 30 minutes).
+//! account for 60 s; the soak (`scripts/soak.sh`) sets NSP_TEST_LOAD_FLOWS
+//! and NSP_TEST_LOAD_SECS (10,000 flows for 30 minutes).
 
 mod common;
 use common::*;
@@ -76,7 +76,7 @@ fn two_accounts_hold_many_flows_with_flat_memory_and_fds() {
     }
     let _g = serial();
     ensure_user(TEST_USER);
-    let (n, secs) = (env_num("NSPROXY_LOAD_FLOWS", 2000), env_num("NSPROXY_LOAD_SECS", 60));
+    let (n, secs) = (env_num("NSP_TEST_LOAD_FLOWS", 2000), env_num("NSP_TEST_LOAD_SECS", 60));
     let topo = Topology::new(&[Kind::Microsocks, Kind::Microsocks]);
     let limits = format!("    limits:\n      max_flows: {}\n      max_half_open: {}\n", n + 100, n + 100);
     let a = Account::for_proxy("la", &topo.proxies[0], &limits);
@@ -257,7 +257,7 @@ fn thousands_of_half_close_cycles_and_short_connections_leave_nothing_behind() {
     a.up();
     let pid = a.daemon_pid().expect("pid");
     let base = fds(pid);
-    let n = env_num("NSPROXY_CHURN", 1000);
+    let n = env_num("NSP_TEST_CHURN", 1000);
     let t = Instant::now();
     let o = a.python(HALF_CLOSE_PY, &format!("{} {n}", topo.origin_addr));
     println!("half-close cycles: {} in {:?}", out(&o).trim(), t.elapsed());
@@ -326,7 +326,7 @@ fn an_idle_websocket_still_delivers_after_a_long_silence() {
     }
     let _g = serial();
     ensure_user(TEST_USER);
-    let secs = env_num("NSPROXY_IDLE_WS_SECS", 150);
+    let secs = env_num("NSP_TEST_IDLE_WS_SECS", 150);
     let topo = Topology::new(&[Kind::Microsocks]);
     let a = Account::for_proxy("iw", &topo.proxies[0], "");
     a.up();

@@ -645,7 +645,7 @@ impl Drop for Topology {
             let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
-        if std::env::var_os("NSPROXY_KEEP_TEST_DIR").is_none() {
+        if std::env::var_os("NSP_TEST_KEEP_DIR").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
