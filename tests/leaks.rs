@@ -1,9 +1,10 @@
 //! Issue 7, leak probes (test plan cases 1-10): from inside an account,
 //! TCP, UDP, ICMP, DNS and IPv6 probes to the origin (the "internet"), a
 //! LAN host and the host's own address, in every state: running, active
-//! proxy dead, all proxies dead, daemon killed, daemon restarting, after a
-//! rotation. Packets are captured with tcpdump in the origin and LAN
-//! namespaces and the host listens on its own address; pass = nothing
+//! proxy frozen (SIGSTOP), active proxy dead, all proxies dead, daemon
+//! killed, daemon restarting, after a rotation. Packets are captured with
+//! tcpdump in the origin and LAN namespaces and the host listens on its own
+//! address; pass = nothing
 //! arrives from any address but a proxy's. Every run starts with a positive
 //! control: the same probes from the unprotected host MUST be seen.
 
@@ -273,29 +274,39 @@ fn no_probe_leaves_the_account_in_any_state() {
     let r = result_of(&seen.0, &format!("tcp {}:80", bed.topo.origin_addr));
     assert!(r.contains(&format!("answer {e1}")), "TCP to the origin arrives from p1's address: {r}");
 
-    // 2. Active proxy dead (probes race the failover).
-    bed.topo.stop_proxy(0);
+    // 2. Active proxy frozen (SIGSTOP: accepts nothing, answers nothing).
+    let p1 = bed.topo.proxies[0].proc.as_ref().expect("p1 runs").pid();
+    must(&format!("kill -STOP {p1}"));
+    let seen = bed.observe("active-proxy-frozen", || probe_inside(&a, &bed));
+    assert_no_leak("active proxy frozen (SIGSTOP)", &seen);
+    wait_until("failover to p2", Duration::from_secs(15), || {
+        out(&a.run("curl -sS -m 4 http://api.exchange.test/")).trim() == e2
+    });
+    must(&format!("kill -CONT {p1}"));
+
+    // 3. Active proxy (now p2) dead: probes race the failover back to p1.
+    bed.topo.stop_proxy(1);
     let seen = bed.observe("active-proxy-dead", || probe_inside(&a, &bed));
     assert_no_leak("active proxy dead", &seen);
-    wait_until("failover to p2", Duration::from_secs(15), || {
-        out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == e2
+    wait_until("failover to p1", Duration::from_secs(15), || {
+        out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == e1
     });
 
-    // 3. All proxies dead.
-    bed.topo.stop_proxy(1);
+    // 4. All proxies dead.
+    bed.topo.stop_proxy(0);
     let seen = bed.observe("all-proxies-dead", || probe_inside(&a, &bed));
     assert_no_leak("all proxies dead", &seen);
     bed.topo.start_proxy(0);
     bed.topo.start_proxy(1);
 
-    // 4. Daemon killed (SIGKILL): the TUN goes with it, nothing can leave.
+    // 5. Daemon killed (SIGKILL): the TUN goes with it, nothing can leave.
     let pid = a.daemon_pid().expect("daemon pid");
     must(&format!("kill -9 {pid}"));
     wait_until("daemon gone", Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
     let seen = bed.observe("daemon-killed", || probe_in_namespace(&a, &bed));
     assert_no_leak("daemon killed", &seen);
 
-    // 5. Daemon restarting: probes while `up` runs.
+    // 6. Daemon restarting: probes while `up` runs.
     let seen = bed.observe("daemon-restarting", || {
         let up =
             std::process::Command::new(BIN).arg("--policies").arg(&a.policy).args(["up", &a.name]).spawn().expect("up");
@@ -305,7 +316,7 @@ fn no_probe_leaves_the_account_in_any_state() {
     });
     assert_no_leak("daemon restarting", &seen);
 
-    // 6. After a rotation.
+    // 7. After a rotation.
     wait_until("account up again", Duration::from_secs(20), || a.cmd(&["check", &a.name]).status.success());
     let o = a.cmd(&["rotate", &a.name, "--burn"]);
     assert!(o.status.success(), "{}", err(&o));
