@@ -120,15 +120,6 @@ for i in range(n):
 print("sent %d SYNs in %.2f s" % (n, time.time() - t0))
 "#;
 
-fn status_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn root_script(a: &Account, name: &str, script: &str, args: &str) -> std::process::Output {
     let path = a.dir.join(name);
     std::fs::write(&path, script).expect("script");

@@ -147,10 +147,6 @@ except OSError as e:
     print("error", type(e).__name__, el())
 "#;
 
-fn fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
 fn account(url: &str, creds: bool) -> Account {
     account_with(url, creds, "")
 }

@@ -440,15 +440,6 @@ fn the_canary_sweep_finds_a_planted_secret() {
     assert!(text.contains("SECRET LEAK") && text.contains("planted.txt"), "{text}");
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
 #[test]
 fn control_socket_abuse_is_cheap_and_changes_nothing() {
     if !root_or_skip("control_socket_abuse") {
@@ -462,7 +453,7 @@ fn control_socket_abuse_is_cheap_and_changes_nothing() {
     let pid = a.daemon_pid().expect("pid");
     let sock = format!("/run/nsproxy/{}/ctl.sock", a.name);
     std::thread::sleep(Duration::from_millis(300));
-    let (rss0, fds0) = (rss_kib(pid), fd_count(pid));
+    let (rss0, fds0) = (rss_kib(pid), fds(pid));
     let ask = |bytes: &[u8]| -> String {
         let mut s = UnixStream::connect(&sock).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -496,7 +487,7 @@ fn control_socket_abuse_is_cheap_and_changes_nothing() {
     let answered = t.elapsed();
     println!("check answered in {answered:?} with 200 idle clients: {}", out(&o).lines().count());
     assert!(out(&o).contains("\"ok\""), "the daemon answers: {}{}", out(&o), err(&o));
-    let fds_busy = fd_count(pid);
+    let fds_busy = fds(pid);
     let mut cut = 0;
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -507,11 +498,11 @@ fn control_socket_abuse_is_cheap_and_changes_nothing() {
         }
     }
     assert_eq!(cut, 200, "every slow client is cut off with a reason");
-    wait_until("daemon fds back to normal", Duration::from_secs(5), || fd_count(pid) <= fds0);
+    wait_until("daemon fds back to normal", Duration::from_secs(5), || fds(pid) <= fds0);
     let rss1 = rss_kib(pid);
     println!(
         "daemon RSS {rss0} KiB before, {rss1} KiB after; fds {fds0} before, {fds_busy} with 200 idle clients, {} after",
-        fd_count(pid)
+        fds(pid)
     );
     assert!(rss1 < rss0 + 8 * 1024, "abuse must not cost memory: {rss0} -> {rss1} KiB");
     assert!(a.log().contains("control socket: request refused"), "refusals are logged");
