@@ -37,6 +37,18 @@ pub enum SecretRef {
     Encrypted(Token),
 }
 
+impl SecretRef {
+    /// The field suffix of this source: `file`, `env` or `encrypted`
+    /// (`password_file`, `token_env` ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SecretRef::File(_) => "file",
+            SecretRef::Env(_) => "env",
+            SecretRef::Encrypted(_) => "encrypted",
+        }
+    }
+}
+
 /// A Fernet token as written in the policy. Ciphertext, but still shown
 /// only by its first characters and length.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,6 +102,11 @@ pub struct KeySource {
     pub name: Option<String>,
 }
 
+/// `scheme://host:port`, IPv6 hosts in brackets: how a proxy is shown.
+pub fn endpoint(scheme: Scheme, host: &str, port: u16) -> String {
+    if host.contains(':') { format!("{scheme}://[{host}]:{port}") } else { format!("{scheme}://{host}:{port}") }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxyEntry {
     pub label: String,
@@ -113,11 +130,7 @@ pub struct ProxyEntry {
 impl ProxyEntry {
     /// `scheme://host:port`: the only way a proxy is ever shown.
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
-        } else {
-            format!("{}://{}:{}", self.scheme, self.host, self.port)
-        }
+        endpoint(self.scheme, &self.host, self.port)
     }
     /// `label (scheme://host:port)` for logs and errors.
     pub fn display_name(&self) -> String {

@@ -67,11 +67,7 @@ impl Allocation {
     /// `scheme://host:port`, without credentials: how it is shown and
     /// reported back.
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
-        } else {
-            format!("{}://{}:{}", self.scheme, self.host, self.port)
-        }
+        crate::config::endpoint(self.scheme, &self.host, self.port)
     }
 
     /// The same proxy as before (credentials included)?

@@ -172,7 +172,7 @@ fn resolve_ref(
     let source = match r {
         SecretRef::File(path) => format!("{field}_file {}", path.display()),
         SecretRef::Env(var) => format!("{field}_env {var}"),
-        SecretRef::Encrypted(_) => format!("{field}_encrypted"),
+        SecretRef::Encrypted(_) => format!("{field}_{}", r.kind()),
     };
     match reason {
         Some(reason) => Err(SecretError::Value { owner: owner.to_string(), field: source, reason: reason.into() }),
@@ -261,6 +261,20 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
         },
         None => None,
     };
+    // One credential: its problem, unless it cannot be checked here (an
+    // environment variable without `with_env`, a token whose key failed
+    // and was reported above).
+    let check = |r: &SecretRef, owner: &str, field: &str| -> Option<String> {
+        let skip = match r {
+            SecretRef::Env(_) => !with_env,
+            SecretRef::Encrypted(_) => key.is_none() && a.secrets_key.is_some(),
+            SecretRef::File(_) => false,
+        };
+        if skip {
+            return None;
+        }
+        resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), owner, field).err().map(|e| e.detail())
+    };
     for (i, p) in a.proxies.iter().enumerate() {
         let user = match &p.username {
             Some(UserRef::Secret(r)) => Some(("username", r)),
@@ -268,21 +282,8 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
         };
         let pass = p.password.as_ref().map(|r| ("password", r));
         for (field, r) in user.into_iter().chain(pass) {
-            let skip = match r {
-                SecretRef::Env(_) => !with_env,
-                SecretRef::Encrypted(_) => key.is_none() && a.secrets_key.is_some(),
-                SecretRef::File(_) => false,
-            };
-            if skip {
-                continue;
-            }
-            if let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), &owner(p), field) {
-                let suffix = match r {
-                    SecretRef::File(_) => "_file",
-                    SecretRef::Env(_) => "_env",
-                    SecretRef::Encrypted(_) => "_encrypted",
-                };
-                out.push(problem(format!("account {}: proxies[{i}].{field}{suffix}", a.name), e.detail()));
+            if let Some(detail) = check(r, &owner(p), field) {
+                out.push(problem(format!("account {}: proxies[{i}].{field}_{}", a.name, r.kind()), detail));
             }
         }
     }
@@ -290,20 +291,8 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
         let field = |f: &str| format!("account {}: external_service.{f}", a.name);
         match &svc.auth {
             ServiceAuth::BearerToken(r) | ServiceAuth::ApiKey(r) => {
-                let skip = match r {
-                    SecretRef::Env(_) => !with_env,
-                    SecretRef::Encrypted(_) => key.is_none() && a.secrets_key.is_some(),
-                    SecretRef::File(_) => false,
-                };
-                if !skip
-                    && let Err(e) = resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), "external_service", "token")
-                {
-                    let suffix = match r {
-                        SecretRef::File(_) => "token_file",
-                        SecretRef::Env(_) => "token_env",
-                        SecretRef::Encrypted(_) => "token_encrypted",
-                    };
-                    out.push(problem(field(suffix), e.detail()));
+                if let Some(detail) = check(r, "external_service", "token") {
+                    out.push(problem(field(&format!("token_{}", r.kind())), detail));
                 }
             }
             ServiceAuth::MutualTls { cert_file, key_file } => {
