@@ -43,7 +43,7 @@ fn read_value(prompt: &str) -> anyhow::Result<String> {
         None
     };
     let mut line = String::new();
-    let res = stdin.lock().take_line(&mut line);
+    let res = read_line_capped(stdin.lock(), &mut line);
     if let Some(t) = saved {
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
         eprintln!();
@@ -57,20 +57,14 @@ fn read_value(prompt: &str) -> anyhow::Result<String> {
     Ok(v.to_string())
 }
 
-trait TakeLine {
-    fn take_line(&mut self, out: &mut String) -> anyhow::Result<()>;
-}
-
-impl<R: BufRead> TakeLine for R {
-    /// At most 4 KiB: a credential, not a file.
-    fn take_line(&mut self, out: &mut String) -> anyhow::Result<()> {
-        let mut limited = std::io::Read::take(self, 4097);
-        limited.read_line(out).context("reading stdin")?;
-        if out.len() > 4096 {
-            bail!("the value on stdin is longer than 4096 bytes");
-        }
-        Ok(())
+/// One line of at most 4 KiB: a credential, not a file.
+fn read_line_capped(r: impl BufRead, out: &mut String) -> anyhow::Result<()> {
+    let mut limited = std::io::Read::take(r, 4097);
+    limited.read_line(out).context("reading stdin")?;
+    if out.len() > 4096 {
+        bail!("the value on stdin is longer than 4096 bytes");
     }
+    Ok(())
 }
 
 /// Writes a new random key to `path` (mode 0600, refused if it exists).
