@@ -100,6 +100,14 @@ pub enum CheckError {
     Bad { what: String, reason: String },
 }
 
+impl CheckError {
+    /// The check failed because this host is out of resources: it says
+    /// nothing about the proxy.
+    pub fn is_local(&self) -> bool {
+        matches!(self, CheckError::Proxy(e) if e.is_local())
+    }
+}
+
 async fn fetch(up: &Upstream, url: &HttpUrl, what: &str) -> Result<(u16, Vec<u8>), CheckError> {
     let bad = |reason: String| CheckError::Bad { what: what.to_string(), reason };
     let conn = up.connect(&Target::Name(url.host.clone(), url.port)).await?;

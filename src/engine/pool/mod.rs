@@ -348,19 +348,13 @@ impl Manager {
         r
     }
 
-    /// A failed check that says nothing about the proxy (this host is out
-    /// of descriptors or memory).
-    fn local(r: &Result<Duration, CheckError>) -> bool {
-        matches!(r, Err(CheckError::Proxy(e)) if e.is_local())
-    }
-
     /// A health check of the active proxy `label`, counted towards its
     /// failure threshold (a failure at the threshold triggers failover).
     async fn check_active(&self, label: &str) -> Result<Duration, CheckError> {
         let r = self.check(label).await;
         let ev = match &r {
             Ok(_) => self.h.lock().success(label, true, unix_now()),
-            Err(e) if Self::local(&r) => {
+            Err(e) if e.is_local() => {
                 tracing::warn!(account = %self.h.account, proxy = %label, error = %e, "health check not counted: this host is out of resources");
                 Vec::new()
             }
@@ -413,7 +407,7 @@ impl Manager {
                     errors.push(format!("{label}: egress IP check failed"));
                 }
                 Err(e) => {
-                    if !matches!(&e, CheckError::Proxy(p) if p.is_local()) {
+                    if !e.is_local() {
                         let ev = self.h.lock().failure(label, &e.to_string(), true, unix_now());
                         self.commit(ev);
                     }
