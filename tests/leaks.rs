@@ -1,8 +1,10 @@
 //! Issue 7, leak probes (test plan cases 1-10): from inside an account,
 //! TCP, UDP, ICMP, DNS and IPv6 probes to the origin (the "internet"), a
 //! LAN host and the host's own address, in every state: running, active
-//! proxy frozen (SIGSTOP), active proxy dead, all proxies dead, daemon
-//! killed, daemon restarting, after a rotation. Packets are captured with
+//! proxy frozen (SIGSTOP), packets to the active proxy dropped, active
+//! proxy dead, all proxies dead, daemon killed, daemon restarting, after a
+//! rotation. Then inbound probes: from another account, the origin and the
+//! host towards an account, which must see nothing. Packets are captured with
 //! tcpdump in the origin and LAN namespaces and the host listens on its own
 //! address; pass = nothing
 //! arrives from any address but a proxy's. Every run starts with a positive
@@ -11,6 +13,7 @@
 mod common;
 use common::*;
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 /// Runs every probe at once, prints one JSON line per probe.
@@ -133,6 +136,18 @@ impl Bed {
         Bed { topo, lan_ns, lan_ip, host_log, _listener: listener, allowed }
     }
 
+    /// Where root in the namespace sends ICMP echo requests.
+    fn icmp_targets(&self) -> Vec<String> {
+        let t = &self.topo;
+        [
+            t.origin_addr.to_string(),
+            self.lan_ip.to_string(),
+            t.host_addr.to_string(),
+            t.proxies[0].origin_ip6.to_string(),
+        ]
+        .to_vec()
+    }
+
     fn host_hits(&self) -> Vec<String> {
         std::fs::read_to_string(&self.host_log).unwrap_or_default().lines().map(str::to_string).collect()
     }
@@ -197,7 +212,28 @@ fn assert_no_leak(state: &str, seen: &(String, Vec<String>, Vec<String>, Vec<Str
 
 fn probe_inside(a: &Account, bed: &Bed) -> String {
     let o = a.python(PROBE_PY, &bed.args());
-    out(&o)
+    out(&o) + &root_icmp(&a.namespace, &bed.icmp_targets())
+}
+
+/// A program cannot send ICMP at all (`nsproxy exec` leaves it no
+/// CAP_NET_RAW, and ping's file capability is void under no_new_privs), so
+/// ICMP is also sent by root in the namespace: echo requests really go
+/// into the TUN. One JSON line per address, like the probe script.
+fn root_icmp(ns: &str, addrs: &[String]) -> String {
+    std::thread::scope(|s| {
+        let pings: Vec<_> = addrs
+            .iter()
+            .map(|x| {
+                s.spawn(move || {
+                    let o = sh(&format!("ip netns exec {ns} ping -n -c1 -W1 {x} 2>&1"));
+                    let last = out(&o).lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+                    let result = format!("exit {}: {last}", o.status.code().unwrap_or(-1));
+                    serde_json::json!({"probe": format!("ping as root {x}"), "result": result}).to_string() + "\n"
+                })
+            })
+            .collect();
+        pings.into_iter().map(|p| p.join().unwrap_or_default()).collect()
+    })
 }
 
 /// Runs the probes in the account's namespace without `nsproxy exec`
@@ -210,7 +246,7 @@ fn probe_in_namespace(a: &Account, bed: &Bed) -> String {
         a.namespace,
         script.display(),
         bed.args()
-    )))
+    ))) + &root_icmp(&a.namespace, &bed.icmp_targets())
 }
 
 fn result_of(text: &str, probe: &str) -> String {
@@ -284,29 +320,54 @@ fn no_probe_leaves_the_account_in_any_state() {
     });
     must(&format!("kill -CONT {p1}"));
 
-    // 3. Active proxy (now p2) dead: probes race the failover back to p1.
-    bed.topo.stop_proxy(1);
+    // 3. Packets to the active proxy silently dropped (no RST, no ICMP):
+    //    probes race the failover to the other one.
+    let egress = [e1.clone(), e2.clone()];
+    let active = |a: &Account| {
+        let e = out(&a.run("curl -sS -m 4 http://api.exchange.test/")).trim().to_string();
+        egress.iter().position(|x| *x == e)
+    };
+    let mut on = None;
+    wait_until("an active proxy", Duration::from_secs(15), || {
+        on = active(&a);
+        on.is_some()
+    });
+    let dropped = on.unwrap_or(0);
+    let other = 1 - dropped;
+    bed.topo.drop_packets_to_proxy(dropped, true);
+    let t = std::time::Instant::now();
+    let seen = bed.observe("packets-dropped", || probe_inside(&a, &bed));
+    assert_no_leak(&format!("packets to the active proxy p{} dropped", dropped + 1), &seen);
+    wait_until("failover away from the black hole", Duration::from_secs(20), || active(&a) == Some(other));
+    println!(
+        "  via p{} again {:.1} s after its packets to p{} began to vanish",
+        other + 1,
+        t.elapsed().as_secs_f64(),
+        dropped + 1
+    );
+    bed.topo.drop_packets_to_proxy(dropped, false);
+
+    // 4. Active proxy dead: probes race the failover back.
+    bed.topo.stop_proxy(other);
     let seen = bed.observe("active-proxy-dead", || probe_inside(&a, &bed));
     assert_no_leak("active proxy dead", &seen);
-    wait_until("failover to p1", Duration::from_secs(15), || {
-        out(&a.run("curl -sS -m 3 http://api.exchange.test/")).trim() == e1
-    });
+    wait_until("failover back", Duration::from_secs(15), || active(&a) == Some(dropped));
 
-    // 4. All proxies dead.
-    bed.topo.stop_proxy(0);
+    // 5. All proxies dead.
+    bed.topo.stop_proxy(dropped);
     let seen = bed.observe("all-proxies-dead", || probe_inside(&a, &bed));
     assert_no_leak("all proxies dead", &seen);
     bed.topo.start_proxy(0);
     bed.topo.start_proxy(1);
 
-    // 5. Daemon killed (SIGKILL): the TUN goes with it, nothing can leave.
+    // 6. Daemon killed (SIGKILL): the TUN goes with it, nothing can leave.
     let pid = a.daemon_pid().expect("daemon pid");
     must(&format!("kill -9 {pid}"));
     wait_until("daemon gone", Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
     let seen = bed.observe("daemon-killed", || probe_in_namespace(&a, &bed));
     assert_no_leak("daemon killed", &seen);
 
-    // 6. Daemon restarting: probes while `up` runs.
+    // 7. Daemon restarting: probes while `up` runs.
     let seen = bed.observe("daemon-restarting", || {
         let up =
             std::process::Command::new(BIN).arg("--policies").arg(&a.policy).args(["up", &a.name]).spawn().expect("up");
@@ -316,7 +377,7 @@ fn no_probe_leaves_the_account_in_any_state() {
     });
     assert_no_leak("daemon restarting", &seen);
 
-    // 7. After a rotation.
+    // 8. After a rotation.
     wait_until("account up again", Duration::from_secs(20), || a.cmd(&["check", &a.name]).status.success());
     let o = a.cmd(&["rotate", &a.name, "--burn"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -373,5 +434,153 @@ fn two_accounts_never_share_an_egress() {
     println!("account B ({n} connections at once with A): {}", rb.trim().replace('\n', ", "));
     assert_eq!(ra.trim(), format!("{e1} {n}"), "every A connection via A's proxy");
     assert_eq!(rb.trim(), format!("{e2} {n}"), "every B connection via B's proxy");
+    assert!(!topo.leaked());
+}
+
+/// The account's own address in its namespace (the TUN's).
+const TUN_ADDR: &str = "198.18.0.1";
+
+/// A program's own listener: TCP and UDP on ports 8080 and 1337 of every
+/// address; prints "ready", then one line per connection or datagram.
+const LISTEN_PY: &str = r#"
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, peer = s.accept(); print("tcp %d from %s" % (port, peer[0]), flush=True); c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    while True:
+        _, peer = s.recvfrom(100); print("udp %d from %s" % (port, peer[0]), flush=True)
+for port in (8080, 1337):
+    threading.Thread(target=tcp, args=(port,), daemon=True).start()
+    threading.Thread(target=udp, args=(port,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// TCP (22, 80, 1080, 1337, 8080), UDP (53, 1337, 8080) and ICMP to each
+/// address.
+const INBOUND_PY: &str = r#"
+import json, socket, subprocess, sys, threading
+results = []
+def tcp(addr, port):
+    try:
+        s = socket.socket(); s.settimeout(2); s.connect((addr, port)); r = "connected"; s.close()
+    except Exception as e:
+        r = type(e).__name__ + ": " + str(e)
+    results.append(("tcp %s:%d" % (addr, port), r))
+def udp(addr, port):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); s.sendto(b"inbound", (addr, port))
+        try:
+            s.recvfrom(100); r = "answered"
+        except socket.timeout:
+            r = "sent, no answer"
+    except Exception as e:
+        r = type(e).__name__ + ": " + str(e)
+    results.append(("udp %s:%d" % (addr, port), r))
+def ping(addr):
+    try:
+        p = subprocess.run(["ping", "-n", "-c1", "-W1", addr], capture_output=True, text=True)
+        text = (p.stdout.strip() or p.stderr.strip() or "-").splitlines()[-1][:80]
+        r = "exit %d: %s" % (p.returncode, text)
+    except Exception as e:
+        r = type(e).__name__ + ": " + str(e)
+    results.append(("ping " + addr, r))
+jobs = []
+for a in sys.argv[1:]:
+    jobs += [(tcp, (a, p)) for p in (22, 80, 1080, 1337, 8080)] + [(udp, (a, p)) for p in (53, 1337, 8080)] + [(ping, (a,))]
+threads = [threading.Thread(target=f, args=x) for f, x in jobs]
+for t in threads: t.start()
+for t in threads: t.join()
+for n, r in sorted(results):
+    print(json.dumps({"probe": n, "result": r}))
+"#;
+
+/// Test plan case 9, inbound: nothing from another account, the origin
+/// (the "internet", which can reach the proxies' egress addresses) or the
+/// host reaches a program listening inside an account.
+#[test]
+fn inbound_probes_reach_no_account() {
+    if !root_or_skip("inbound_probes") {
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Microsocks, Kind::Microsocks]);
+    let a = Account::for_proxy("ina", &topo.proxies[0], "");
+    let b = Account::for_proxy("inb", &topo.proxies[1], "");
+    a.up();
+    b.up();
+    let fake =
+        out(&a.run(&format!("getent hosts {HOSTNAME}"))).split_whitespace().next().unwrap_or_default().to_string();
+    assert!(fake.starts_with("198.1"), "A resolves {HOSTNAME} to a fake IP: {fake:?}");
+
+    // A program in A listening on every address; its lines are collected.
+    let mut listener = a.python_spawn(LISTEN_PY, &[]);
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let collected = hits.clone();
+    let reader = std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            collected.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+        }
+    });
+    let seen = || hits.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let script = topo.dir.join("inbound.py");
+    std::fs::write(&script, INBOUND_PY).expect("inbound.py");
+    must(&format!("chmod 644 {}", script.display()));
+
+    // Positive control: A's own program reaches its listener (over lo), and
+    // the capture in A's namespace sees it.
+    let cap = Capture::start(&a.namespace, topo.dir.join("inbound-control.pcap"));
+    let control = a.python(INBOUND_PY, &format!("127.0.0.1 {}", TUN_ADDR));
+    let packets = cap.stop();
+    wait_until("the listener saw A's own probes", Duration::from_secs(5), || seen().len() >= 8);
+    print_probes("positive control (A to itself)", &out(&control));
+    println!("  listener: {:?}; capture in A: {} packet(s)", seen(), packets.len());
+    assert!(!packets.is_empty(), "the capture in A's namespace must see A's own probes");
+    let before = seen().len();
+
+    // The probes: from B (a program in B aims at A's addresses and A's fake
+    // IP: they are B's own addresses, or unknown to B's daemon), from the
+    // origin (at the proxies' egress addresses, the only addresses of the
+    // accounts it can see, and at the account addresses), and the daemons'
+    // listening sockets on the host.
+    let cap = Capture::start(&a.namespace, topo.dir.join("inbound.pcap"));
+    let from_b = out(&b.python(INBOUND_PY, &format!("{} 198.18.0.2 {fake}", TUN_ADDR)))
+        + &root_icmp(&b.namespace, &["198.18.0.2".to_string(), fake.clone()]);
+    let targets = format!("{} {} {} {}", topo.proxies[0].egress, topo.proxies[1].egress, TUN_ADDR, fake);
+    let from_origin = sh(&format!("ip netns exec {} /usr/bin/python3 {} {targets}", topo.origin_ns, script.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    let packets: Vec<(String, String)> = cap.stop().into_iter().filter(|(src, _)| !src.starts_with("fe80")).collect();
+    print_probes("from account B at A's addresses", &from_b);
+    print_probes("from the origin at the proxies' egress and the account addresses", &out(&from_origin));
+    let listening: Vec<String> = [a.daemon_pid(), b.daemon_pid()]
+        .into_iter()
+        .flatten()
+        .flat_map(|pid| {
+            out(&sh("ss -Hlnptu"))
+                .lines()
+                .filter(|l| l.contains(&format!("pid={pid},")))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let new_hits = seen()[before..].to_vec();
+    println!(
+        "  inbound: {} hit(s) on A's listener, {} packet(s) into A's namespace, {} network port(s) open by the daemons",
+        new_hits.len(),
+        packets.len(),
+        listening.len()
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let _ = reader.join();
+    assert!(new_hits.is_empty(), "something reached A's listener: {new_hits:?}");
+    assert!(packets.is_empty(), "packets entered A's namespace:\n{packets:?}");
+    assert!(listening.is_empty(), "the daemons listen on a network port: {listening:?}");
     assert!(!topo.leaked());
 }

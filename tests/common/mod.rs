@@ -382,6 +382,20 @@ impl Topology {
         wait_port(&ns, listen, port);
     }
 
+    /// Silently drops every packet the host sends to proxy `i`, or stops
+    /// doing so: the proxy's neighbour entry on the host link is pinned to
+    /// a MAC address nobody has, so frames reach its link and are thrown
+    /// away there (no RST, no ICMP: a proxy behind a black hole).
+    pub fn drop_packets_to_proxy(&self, i: usize, drop: bool) {
+        let dev = format!("{}h{}", self.prefix, i + 1);
+        let listen = self.proxies[i].listen;
+        if drop {
+            must(&format!("ip neigh replace {listen} lladdr 02:00:5e:00:53:01 dev {dev} nud permanent"));
+        } else {
+            must(&format!("ip neigh del {listen} dev {dev}"));
+        }
+    }
+
     /// Client addresses the origin's servers have seen, one per connection.
     pub fn origin_clients(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("origin-clients.log"))
