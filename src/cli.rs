@@ -129,6 +129,17 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or with --dir write it and one page per command there.
+    Man {
+        /// Directory for nsproxy.1, nsproxy-up.1, ... (e.g. /usr/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The per-account daemon (started by `up`).
     #[command(hide = true)]
     Daemon {
@@ -175,4 +186,84 @@ pub enum PolicyCommand {
         /// One account (default: all).
         account: Option<String>,
     },
+}
+
+/// Writes the completion script for `shell` (from the CLI definition).
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "nsproxy", out);
+}
+
+/// Writes the manual page (roff), from the CLI definition.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command().after_help(MAN_EXTRA);
+    clap_mangen::Man::new(cmd).render(out)
+}
+
+/// Writes nsproxy.1 and a page per visible command (nsproxy-up.1, ...)
+/// into `dir`; returns the files written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command().after_help(MAN_EXTRA);
+    cmd.build();
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    write_pages(&cmd, "nsproxy", dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_pages(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    let path = dir.join(format!("{name}.1"));
+    let mut f = std::fs::File::create(&path)?;
+    clap_mangen::Man::new(cmd.clone()).title(name).render(&mut f)?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
+    Ok(())
+}
+
+const MAN_EXTRA: &str = "Files: policies in /etc/nsproxy/policies (--policies), run state in /run/nsproxy/ACCOUNT \
+(daemon.log, daemon.pid, ctl.sock, stats.json, metrics), pool state in /var/lib/nsproxy/ACCOUNT. \
+Environment: NSPROXY_ACCOUNTS__<ACCOUNT>__<FIELD> overrides a policy field (see --set). \
+Documentation: /usr/share/doc/nsproxy and docs/ in the sources.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_visible_command() {
+        let mut bash = Vec::new();
+        completions(clap_complete::Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).expect("utf-8");
+        let mut man = Vec::new();
+        man_page(&mut man).expect("render");
+        let man = String::from_utf8(man).expect("utf-8");
+        use clap::CommandFactory;
+        for sub in Cli::command().get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = sub.get_name();
+            assert!(bash.contains(name), "bash completion lacks {name}");
+            assert!(man.contains(name), "man page lacks {name}");
+        }
+        assert!(man.contains(".TH nsproxy 1"), "{}", &man[..200.min(man.len())]);
+        let dir = std::env::temp_dir().join(format!("nsproxy-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pages = man_pages(&dir).expect("pages");
+        let names: Vec<String> =
+            pages.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+        for want in ["nsproxy.1", "nsproxy-up.1", "nsproxy-policy-check.1", "nsproxy-secret-encrypt.1"] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("daemon")), "{names:?}");
+        let up = std::fs::read_to_string(dir.join("nsproxy-up.1")).expect("read");
+        assert!(up.contains("foreground"), "{up}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

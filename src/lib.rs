@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod link;
 pub mod metrics;
 pub mod netns;
+pub mod notify;
 pub mod pool;
 pub mod proxy;
 pub mod rules;

@@ -30,6 +30,34 @@ fn main() -> ExitCode {
         eprintln!("nsproxy: {err}");
         return ExitCode::from(err.exit_code() as u8);
     }
+    match &cli.command {
+        Command::Completions { shell } => {
+            nsproxy::cli::completions(*shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir: None } => {
+            return match nsproxy::cli::man_page(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nsproxy: man: cannot write the page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Man { dir: Some(dir) } => {
+            return match nsproxy::cli::man_pages(dir) {
+                Ok(pages) => {
+                    println!("wrote {} manual pages to {}", pages.len(), dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nsproxy: man: cannot write the pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let is_daemon = matches!(cli.command, Command::Daemon { .. } | Command::Up { foreground: true, .. });
     init_logging(cli.log_level.as_deref(), cli.log_format, if is_daemon { "info" } else { "warn" });
     let policy = nsproxy::config::Policy::from_process(cli.policies.clone(), cli.set.clone());
@@ -78,7 +106,7 @@ fn main() -> ExitCode {
             };
             daemon::run(account, &policy, fd)
         }
-        Command::Exec { .. } => unreachable!("handled above"),
+        Command::Exec { .. } | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

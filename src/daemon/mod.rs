@@ -48,7 +48,15 @@ pub fn run(account_name: &str, policy: &config::Policy, ready_fd: Option<OwnedFd
             // READY once the pool has made its first choice (a proxy passed
             // its check, or none did and that is logged), so a program
             // started right after `up` finds a proxy.
-            serve(started, move || report(&mut ready, "READY\n"))
+            let status = format!("STATUS=account {account_name} up, namespace {}", started.account.namespace);
+            serve(started, move || {
+                report(&mut ready, "READY\n");
+                // Under systemd (`Type=notify`, `up --foreground`).
+                let pid = std::process::id();
+                if let Err(e) = crate::notify::notify(&format!("READY=1\nMAINPID={pid}\n{status}")) {
+                    tracing::error!(account = account_name, error = %e, "cannot notify systemd of readiness");
+                }
+            })
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -187,6 +195,7 @@ fn serve(s: Started, ready: impl FnOnce()) -> anyhow::Result<()> {
         engine::run(s.account.clone(), s.pool.clone(), s.fleet.clone(), s.tun, s.rundir.clone(), shutdown, ready).await
     });
     tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
+    let _ = crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(s.rundir.pid_path());
     res
 }

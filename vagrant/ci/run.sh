@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# CI's VM stage, as root, offline: boots vagrant/Vagrantfile with
+# vagrant-libvirt under software emulation from a box built from the apt
+# mirror, copies in nsproxy and the end-to-end test executables built
+# here, runs them inside the VM and fails when any test fails there.
+# libvirt and every packet of the VM stay in a network namespace made for
+# this run; everything is torn down on exit, also on failure.
+#   vagrant/ci/run.sh                   # the VM suite (NSP_VM_TESTS)
+#   NSP_VM_TESTS="dataplane leaks" vagrant/ci/run.sh
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+TESTS=${NSP_VM_TESTS:-dataplane leaks lifecycle pool secrets policy_check}
+CACHE=${NSP_VM_CACHE:-/var/tmp/nsproxy-vagrant}
+export VM_NETNS="nspvm$$" VM_STATE
+VM_STATE=$(mktemp -d /tmp/nsproxy-vm.XXXXXX)
+export VAGRANT_HOME="$CACHE/vagrant.d" VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt
+export VAGRANT_BOX=local/nsproxy-bookworm VAGRANT_LIBVIRT_DRIVER=qemu VAGRANT_INSERT_KEY=0
+export NSP_VM_PREBUILT=1 NSP_VM_SRC="$REPO"
+NS=(nsenter "--net=/run/netns/$VM_NETNS")
+t0=$(date +%s)
+step() { echo "== [vm $(( $(date +%s) - t0 ))s] $*"; }
+
+cleanup() {
+  local rc=$?
+  step "teardown"
+  if [ -e "/run/netns/$VM_NETNS" ] && [ -d "$REPO/vagrant/.vagrant" ]; then
+    (cd "$REPO/vagrant" && "${NS[@]}" vagrant destroy -f >/dev/null 2>&1) || true
+  fi
+  "$HERE/teardown.sh"
+  rm -rf "$VM_STATE" "$REPO/vagrant/.vagrant"
+  step "done, exit $rc"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "host: qemu, libvirt, vagrant; libvirtd in netns $VM_NETNS"
+"$HERE/host-setup.sh"
+
+# The box depends only on how it is made: rebuilt when mkbox.sh or the
+# package list changes, reused otherwise.
+key=$(cat "$HERE/mkbox.sh" "$REPO/vagrant/provision.sh" | sha256sum | cut -c1-12)
+box="$CACHE/nsproxy-bookworm-$key.box"
+mkdir -p "$CACHE"
+if [ ! -s "$box" ]; then
+  step "building the box $box (debootstrap from the apt mirror, one emulated boot for GRUB)"
+  rm -f "$CACHE"/nsproxy-bookworm-*.box
+  "$HERE/mkbox.sh" "$box"
+else
+  step "reusing the box $box"
+fi
+for v in $(virsh -q vol-list default 2>/dev/null | awk '/nsproxy-bookworm/{print $1}'); do
+  virsh -q vol-delete --pool default "$v" >/dev/null
+done
+vagrant box add --force --name "$VAGRANT_BOX" "$box" >/dev/null
+
+step "building nsproxy and the test executables on the host (release): $TESTS"
+cd "$REPO"
+cargo build --release --locked --quiet
+targs=()
+for t in $TESTS; do targs+=(--test "$t"); done
+cargo test --release --locked --no-run --message-format=json "${targs[@]}" 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' >"$VM_STATE/tests.list"
+[ "$(wc -l <"$VM_STATE/tests.list")" -eq "$(wc -w <<<"$TESTS")" ] \
+  || { echo "expected one executable per test in: $TESTS" >&2; cat "$VM_STATE/tests.list" >&2; exit 1; }
+# The executables name nsproxy and the sources by absolute path: both go
+# to the same paths in the VM (the sources are synced to $REPO there).
+cp "$VM_STATE/tests.list" "$REPO/target/vm-tests.list"
+tar -C / -cf "$VM_STATE/bundle.tar" "${REPO#/}/target/release/nsproxy" "${REPO#/}/target/vm-tests.list" \
+  $(sed 's|^/||' "$VM_STATE/tests.list")
+
+step "vagrant up (libvirt, TCG)"
+cd "$REPO/vagrant"
+"${NS[@]}" vagrant up --provider=libvirt --no-tty
+"${NS[@]}" vagrant upload "$VM_STATE/bundle.tar" /tmp/nsproxy-bundle.tar >/dev/null
+"${NS[@]}" vagrant ssh -c "sudo tar -C / -xf /tmp/nsproxy-bundle.tar && sudo install -m 0755 '$REPO/target/release/nsproxy' /usr/local/bin/nsproxy && nsproxy --version"
+
+step "the end-to-end suite inside the VM"
+"${NS[@]}" vagrant ssh -c "sudo NSP_VM_TEST_BINS='$REPO/target/vm-tests.list' '$REPO/vagrant/e2e.sh'"
+step "the VM suite passed"
