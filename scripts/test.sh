@@ -19,3 +19,12 @@ cargo test --locked --lib --bins --tests
 # proxy replies, policies, control requests, service answers), from the
 # corpus kept in fuzz/corpus. Longer runs: scripts/fuzz.sh 600.
 ./scripts/fuzz.sh 20
+# The VM stage: the Vagrant VM booted offline, the .deb and its systemd
+# units tested inside it, and the core end-to-end tests run there.
+if [ "$(id -u)" != 0 ]; then
+  echo "!!! not root: the VM stage is SKIPPED; run: sudo $0" >&2
+elif [ "${NSP_TEST_VM:-1}" = 0 ]; then
+  echo "!!! NSP_TEST_VM=0: the VM stage is SKIPPED" >&2
+else
+  ./vagrant/ci/run.sh
+fi

@@ -71,15 +71,27 @@ for l in sys.stdin:
   || { echo "expected one executable per test in: $TESTS" >&2; cat "$VM_STATE/tests.list" >&2; exit 1; }
 # The executables name nsproxy and the sources by absolute path: both go
 # to the same paths in the VM (the sources are synced to $REPO there).
-cp "$VM_STATE/tests.list" "$REPO/target/vm-tests.list"
-tar -C / -cf "$VM_STATE/bundle.tar" "${REPO#/}/target/release/nsproxy" "${REPO#/}/target/vm-tests.list" \
-  $(sed 's|^/||' "$VM_STATE/tests.list")
+# Stripped of debug info: everything goes in over ssh to an emulated CPU.
+stage="$VM_STATE/stage"
+while read -r f; do
+  install -D -m 0755 "$f" "$stage$f"
+  strip --strip-debug "$stage$f"
+done < <(cat "$VM_STATE/tests.list"; echo "$REPO/target/release/nsproxy")
+install -D -m 0644 "$VM_STATE/tests.list" "$stage$REPO/target/vm-tests.list"
+tar -C "$stage" -cf "$VM_STATE/bundle.tar" "${REPO#/}"
+
+step "building the .deb"
+deb=$("$REPO/packaging/build-deb.sh" "$VM_STATE/deb")
 
 step "vagrant up (libvirt, TCG)"
 cd "$REPO/vagrant"
 "${NS[@]}" vagrant up --provider=libvirt --no-tty
 "${NS[@]}" vagrant upload "$VM_STATE/bundle.tar" /tmp/nsproxy-bundle.tar >/dev/null
-"${NS[@]}" vagrant ssh -c "sudo tar -C / -xf /tmp/nsproxy-bundle.tar && sudo install -m 0755 '$REPO/target/release/nsproxy' /usr/local/bin/nsproxy && nsproxy --version"
+"${NS[@]}" vagrant upload "$deb" /tmp/nsproxy.deb >/dev/null
+"${NS[@]}" vagrant ssh -c "sudo tar -C / -xf /tmp/nsproxy-bundle.tar"
+
+step "the package inside the VM: dpkg -i, --help, policy check, systemd units"
+"${NS[@]}" vagrant ssh -c "sudo '$REPO/vagrant/package-test.sh' /tmp/nsproxy.deb"
 
 step "the end-to-end suite inside the VM"
 "${NS[@]}" vagrant ssh -c "sudo NSP_VM_TEST_BINS='$REPO/target/vm-tests.list' '$REPO/vagrant/e2e.sh'"
