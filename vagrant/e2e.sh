@@ -8,6 +8,9 @@
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "error: the end-to-end tests need root: sudo $0 $*" >&2; exit 1; }
+# As CI runs it: root, not a sudo caller (`nsproxy exec --user` from a
+# sudo caller may only pick the caller).
+unset SUDO_USER SUDO_UID SUDO_GID SUDO_COMMAND
 echo "== end-to-end suite in $(uname -n): $(uname -r), $(nproc) CPUs, $(free -m | awk '/Mem:/{print $2}') MiB"
 if [ -n "${NSP_VM_TEST_BINS:-}" ]; then
   failed=()

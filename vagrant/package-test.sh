@@ -12,6 +12,9 @@ set -euo pipefail
 deb=${1:?usage: package-test.sh NSPROXY.deb}
 [ "$(id -u)" = 0 ] || { echo "error: run as root" >&2; exit 1; }
 [ "$(ps -p 1 -o comm=)" = systemd ] || { echo "error: needs systemd as PID 1 (run it in the VM)" >&2; exit 1; }
+# As systemd would run it: root, not a sudo caller (exec would otherwise
+# take the sudo caller as the one asking).
+unset SUDO_USER SUDO_UID SUDO_GID SUDO_COMMAND
 p="nspkg$$"
 acct="pkg-$$"
 ns_proxy="$p-px"
@@ -26,7 +29,7 @@ cleanup() {
   [ -s "/tmp/$p-px.pids" ] && kill $(cat "/tmp/$p-px.pids") 2>/dev/null || true
   ip netns del "$ns_proxy" 2>/dev/null || true
   ip link del "${p}h" 2>/dev/null || true
-  rm -f "/tmp/$p-"*
+  rm -rf "/tmp/$p-"*
 }
 trap cleanup EXIT
 
@@ -39,7 +42,9 @@ for f in /usr/share/bash-completion/completions/nsproxy /usr/share/man/man1/nspr
   [ -s "$f" ] || fail "$f missing"
 done
 zcat /usr/share/man/man1/nsproxy-up.1.gz | grep -q foreground || fail "nsproxy-up.1 lacks --foreground"
-systemd-analyze verify /lib/systemd/system/nsproxy@.service 2>&1 | grep -v "^$" && fail "systemd-analyze verify complains" || true
+# (Documentation= man: links fail to resolve where man-db is not installed.)
+complaints=$(systemd-analyze verify /lib/systemd/system/nsproxy@.service 2>&1 | grep -v "Command 'man " | grep -v '^$' || true)
+[ -z "$complaints" ] || fail "systemd-analyze verify: $complaints"
 ok "completions, man pages and the unit in place"
 
 # The proxy's namespace: microsocks on 10.231.0.2:1080 (reached from the
