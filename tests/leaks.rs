@@ -16,15 +16,16 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-/// Runs every probe at once, prints one JSON line per probe.
-const PROBE_PY: &str = r#"
+/// What both probe scripts share: TCP, UDP and command probes that
+/// record one result each, and `run`, which starts them all at once and
+/// prints one JSON line per probe.
+const PROBES_PY: &str = r#"
 import json, socket, subprocess, sys, threading
-origin, lan, host, origin6, canary = sys.argv[1:6]
 results = []
-def tcp(addr, port, family=socket.AF_INET):
+def tcp(addr, port, family=socket.AF_INET, http=False):
     try:
         s = socket.socket(family, socket.SOCK_STREAM); s.settimeout(2); s.connect((addr, port))
-        if port == 80:
+        if http:
             s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = b""
             while True:
@@ -54,28 +55,40 @@ def cmd(name, argv):
         out = (p.stdout.strip() or p.stderr.strip()).replace("\n", " | ")
         r = "exit %d: %s" % (p.returncode, out[:90])
     except Exception as e:
-        r = type(e).__name__
+        r = type(e).__name__ + ": " + str(e)
     results.append((name, r))
+def run(jobs):
+    threads = [threading.Thread(target=f, args=a) for f, a in jobs]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    for n, r in sorted(results):
+        print(json.dumps({"probe": n, "result": r}))
+"#;
+
+/// The leak probes: every probe at once, from inside the account.
+const PROBE_PY: &str = r#"
+origin, lan, host, origin6, canary = sys.argv[1:6]
 jobs = []
 for a in (origin, lan, host):
     for port in (80, 443, 1337):
-        jobs.append((tcp, (a, port)))
+        jobs.append((tcp, (a, port, socket.AF_INET, port == 80)))
     for port in (53, 443, 1337, 3478):
         jobs.append((udp, (a, port)))
     jobs.append((cmd, ("ping " + a, ["ping", "-n", "-c1", "-W1", a])))
-jobs.append((tcp, (origin6, 80, socket.AF_INET6)))
+jobs.append((tcp, (origin6, 80, socket.AF_INET6, True)))
 jobs.append((udp, (origin6, 53, socket.AF_INET6)))
 jobs.append((cmd, ("ping -6 " + origin6, ["ping", "-n", "-6", "-c1", "-W1", origin6])))
 jobs.append((cmd, ("dig @" + origin, ["dig", "+short", "+time=2", "+tries=1", "@" + origin, "api.exchange.test"])))
 jobs.append((cmd, ("dig +tcp @" + origin, ["dig", "+short", "+tcp", "+time=2", "+tries=1", "@" + origin, "api.exchange.test"])))
 jobs.append((cmd, ("getent hosts " + canary, ["getent", "hosts", canary])))
 jobs.append((cmd, ("curl http://api.exchange.test/", ["curl", "-sS", "-m", "3", "http://api.exchange.test/"])))
-threads = [threading.Thread(target=f, args=a) for f, a in jobs]
-for t in threads: t.start()
-for t in threads: t.join()
-for n, r in sorted(results):
-    print(json.dumps({"probe": n, "result": r}))
+run(jobs)
 "#;
+
+/// A probe script: the shared functions, then `body`.
+fn probe_script(body: &str) -> String {
+    format!("{PROBES_PY}{body}")
+}
 
 /// Logs every TCP connection and UDP datagram to the host's own address.
 const HOST_LISTENER_PY: &str = r#"
@@ -211,7 +224,7 @@ fn assert_no_leak(state: &str, seen: &(String, Vec<String>, Vec<String>, Vec<Str
 }
 
 fn probe_inside(a: &Account, bed: &Bed) -> String {
-    let o = a.python(PROBE_PY, &bed.args());
+    let o = a.python(&probe_script(PROBE_PY), &bed.args());
     out(&o) + &root_icmp(&a.namespace, &bed.icmp_targets())
 }
 
@@ -265,13 +278,13 @@ fn no_probe_leaves_the_account_in_any_state() {
     let _g = serial();
     ensure_user(TEST_USER);
     let mut bed = Bed::new();
-    let probe_script = bed.topo.dir.join("probe.py");
-    std::fs::write(&probe_script, PROBE_PY).expect("probe");
-    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_script.display()));
+    let probe_file = bed.topo.dir.join("probe.py");
+    std::fs::write(&probe_file, probe_script(PROBE_PY)).expect("probe");
+    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_file.display()));
 
     // Positive control: the same probes from the unprotected host.
     let args = bed.args();
-    let control = bed.observe("control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_script.display()))));
+    let control = bed.observe("control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_file.display()))));
     print_probes("positive control (host, unprotected)", &control.0);
     println!(
         "  seen: {} packet(s) at the origin from the host, {} at the LAN host, {} on the host's address",
@@ -462,40 +475,11 @@ threading.Event().wait()
 /// TCP (22, 80, 1080, 1337, 8080), UDP (53, 1337, 8080) and ICMP to each
 /// address.
 const INBOUND_PY: &str = r#"
-import json, socket, subprocess, sys, threading
-results = []
-def tcp(addr, port):
-    try:
-        s = socket.socket(); s.settimeout(2); s.connect((addr, port)); r = "connected"; s.close()
-    except Exception as e:
-        r = type(e).__name__ + ": " + str(e)
-    results.append(("tcp %s:%d" % (addr, port), r))
-def udp(addr, port):
-    try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); s.sendto(b"inbound", (addr, port))
-        try:
-            s.recvfrom(100); r = "answered"
-        except socket.timeout:
-            r = "sent, no answer"
-    except Exception as e:
-        r = type(e).__name__ + ": " + str(e)
-    results.append(("udp %s:%d" % (addr, port), r))
-def ping(addr):
-    try:
-        p = subprocess.run(["ping", "-n", "-c1", "-W1", addr], capture_output=True, text=True)
-        text = (p.stdout.strip() or p.stderr.strip() or "-").splitlines()[-1][:80]
-        r = "exit %d: %s" % (p.returncode, text)
-    except Exception as e:
-        r = type(e).__name__ + ": " + str(e)
-    results.append(("ping " + addr, r))
 jobs = []
 for a in sys.argv[1:]:
-    jobs += [(tcp, (a, p)) for p in (22, 80, 1080, 1337, 8080)] + [(udp, (a, p)) for p in (53, 1337, 8080)] + [(ping, (a,))]
-threads = [threading.Thread(target=f, args=x) for f, x in jobs]
-for t in threads: t.start()
-for t in threads: t.join()
-for n, r in sorted(results):
-    print(json.dumps({"probe": n, "result": r}))
+    jobs += [(tcp, (a, p)) for p in (22, 80, 1080, 1337, 8080)] + [(udp, (a, p)) for p in (53, 1337, 8080)]
+    jobs.append((cmd, ("ping " + a, ["ping", "-n", "-c1", "-W1", a])))
+run(jobs)
 "#;
 
 /// Test plan case 9, inbound: nothing from another account, the origin
@@ -530,13 +514,13 @@ fn inbound_probes_reach_no_account() {
     });
     let seen = || hits.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let script = topo.dir.join("inbound.py");
-    std::fs::write(&script, INBOUND_PY).expect("inbound.py");
+    std::fs::write(&script, probe_script(INBOUND_PY)).expect("inbound.py");
     must(&format!("chmod 644 {}", script.display()));
 
     // Positive control: A's own program reaches its listener (over lo), and
     // the capture in A's namespace sees it.
     let cap = Capture::start(&a.namespace, topo.dir.join("inbound-control.pcap"));
-    let control = a.python(INBOUND_PY, &format!("127.0.0.1 {}", TUN_ADDR));
+    let control = a.python(&probe_script(INBOUND_PY), &format!("127.0.0.1 {}", TUN_ADDR));
     let packets = cap.stop();
     wait_until("the listener saw A's own probes", Duration::from_secs(5), || seen().len() >= 8);
     print_probes("positive control (A to itself)", &out(&control));
@@ -550,7 +534,7 @@ fn inbound_probes_reach_no_account() {
     // accounts it can see, and at the account addresses), and the daemons'
     // listening sockets on the host.
     let cap = Capture::start(&a.namespace, topo.dir.join("inbound.pcap"));
-    let from_b = out(&b.python(INBOUND_PY, &format!("{} 198.18.0.2 {fake}", TUN_ADDR)))
+    let from_b = out(&b.python(&probe_script(INBOUND_PY), &format!("{} 198.18.0.2 {fake}", TUN_ADDR)))
         + &root_icmp(&b.namespace, &["198.18.0.2".to_string(), fake.clone()]);
     let targets = format!("{} {} {} {}", topo.proxies[0].egress, topo.proxies[1].egress, TUN_ADDR, fake);
     let from_origin = sh(&format!("ip netns exec {} /usr/bin/python3 {} {targets}", topo.origin_ns, script.display()));
@@ -558,16 +542,12 @@ fn inbound_probes_reach_no_account() {
     let packets: Vec<(String, String)> = cap.stop().into_iter().filter(|(src, _)| !src.starts_with("fe80")).collect();
     print_probes("from account B at A's addresses", &from_b);
     print_probes("from the origin at the proxies' egress and the account addresses", &out(&from_origin));
-    let listening: Vec<String> = [a.daemon_pid(), b.daemon_pid()]
-        .into_iter()
-        .flatten()
-        .flat_map(|pid| {
-            out(&sh("ss -Hlnptu"))
-                .lines()
-                .filter(|l| l.contains(&format!("pid={pid},")))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
+    let daemons: Vec<String> =
+        [a.daemon_pid(), b.daemon_pid()].into_iter().flatten().map(|pid| format!("pid={pid},")).collect();
+    let listening: Vec<String> = out(&sh("ss -Hlnptu"))
+        .lines()
+        .filter(|l| daemons.iter().any(|d| l.contains(d.as_str())))
+        .map(str::to_string)
         .collect();
     let new_hits = seen()[before..].to_vec();
     println!(
