@@ -60,7 +60,12 @@ ip netns exec "$ns_proxy" python3 -m http.server -b 10.231.1.1 -d "/tmp/$p-www" 
 echo $! >>"/tmp/$p-px.pids"
 ip netns exec "$ns_proxy" microsocks -i 10.231.0.2 -p 1080 -u pkguser -P "$pw" >/dev/null 2>&1 &
 echo $! >>"/tmp/$p-px.pids"
-for _ in $(seq 50); do ip netns exec "$ns_proxy" ss -ltn | grep -q 10.231.0.2:1080 && break; sleep 0.1; done
+# Both must listen before anything is asked of them (Python starts slowly
+# under emulation).
+for addr in 10.231.0.2:1080 10.231.1.1:8080; do
+  for _ in $(seq 300); do ip netns exec "$ns_proxy" ss -ltnH | grep -q " $addr " && break; sleep 0.1; done
+  ip netns exec "$ns_proxy" ss -ltnH | grep -q " $addr " || fail "nothing listens on $addr in $ns_proxy after 30 s"
+done
 
 id nspbot >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin nspbot
 install -m 0600 /dev/null "/etc/nsproxy/$acct.pw"; printf '%s' "$pw" >"/etc/nsproxy/$acct.pw"
