@@ -329,7 +329,11 @@ fn an_idle_websocket_still_delivers_after_a_long_silence() {
     let _g = serial();
     ensure_user(TEST_USER);
     let secs = env_num("NSP_TEST_IDLE_WS_SECS", 150);
-    let topo = Topology::new(&[Kind::Microsocks]);
+    // dante, which keeps an idle connection for as long as both ends do;
+    // microsocks closes one after 15 minutes of silence, which nsproxy
+    // passes on to the program as the proxy's close (proxy_faults.rs,
+    // `a_proxy_that_reaps_an_idle_connection_closes_it_for_the_program`).
+    let topo = Topology::new(&[Kind::Dante]);
     let a = Account::for_proxy("iw", &topo.proxies[0], "");
     a.up();
     let script = "import asyncio, sys, time, websockets\nasync def main():\n    async with websockets.connect('ws://ws.exchange.test:8081/', ping_interval=None) as ws:\n        await ws.send('ip?'); print('first', await ws.recv(), flush=True)\n        await asyncio.sleep(float(sys.argv[1]))\n        t = time.time(); await ws.send('after the silence'); print('after', await asyncio.wait_for(ws.recv(), 10), round(time.time() - t, 3), flush=True)\nasyncio.run(main())\n";

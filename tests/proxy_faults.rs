@@ -64,6 +64,19 @@ fn socks(mut s: TcpStream, mode: &str) {
             }
             std::thread::sleep(Duration::from_secs(30));
         }
+        2115 => {
+            // Echoes, and closes the connection after 2 s without a byte
+            // either way, the way microsocks reaps idle connections after
+            // 15 minutes (and many providers after a few).
+            let _ = s.write_all(&ok);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            while let Ok(n) = s.read(&mut b) {
+                if n == 0 || s.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         _ => {
             let _ = s.write_all(&ok);
             while let Ok(n) = s.read(&mut b) {
@@ -275,4 +288,59 @@ fn every_http_connect_error_is_refused_fast_with_its_reason() {
     let (seen, _) = try_port(&a, 2299);
     assert!(seen.starts_with("echo"), "a good CONNECT still works: {seen}");
     wait_until("daemon fds back to baseline", Duration::from_secs(10), || fds(pid) <= base);
+}
+
+/// Connects to 10.77.0.1:2115, has one line echoed, then waits (up to
+/// 10 s) for what comes next; prints the echo, when the connection
+/// ended, how, and what writes after that get.
+const IDLE_CLIENT: &str = r#"
+import socket, time
+s = socket.create_connection(("10.77.0.1", 2115), timeout=10)
+s.sendall(b"ping\n"); print("echo", s.recv(100) == b"ping\n")
+t = time.time()
+try:
+    d = s.recv(100); print("eof" if d == b"" else "data", round(time.time() - t, 2))
+except Exception as e:
+    print("error", type(e).__name__, round(time.time() - t, 2))
+try:
+    for i in range(5):
+        s.sendall(b"late\n"); time.sleep(0.3)
+    print("late writes accepted")
+except Exception as e:
+    print("late write", type(e).__name__)
+"#;
+
+#[test]
+fn a_proxy_that_reaps_an_idle_connection_closes_it_for_the_program() {
+    if !root_or_skip("proxy_reaps_idle") {
+        return;
+    }
+    // microsocks does this after 15 minutes of silence (tests/load.rs runs
+    // it for real in the soak); this proxy after 2 s, so CI can afford it.
+    let port = socks_server("by-port");
+    let a = account(&format!("socks5://127.0.0.1:{port}"), false);
+    a.up();
+    let pid = a.daemon_pid().expect("pid");
+    let base = fds(pid);
+    let o = a.python(IDLE_CLIENT, "");
+    let text = out(&o);
+    let seen = text.trim().replace('\n', " | ");
+    println!("proxy reaps after 2 s idle: {seen}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first().copied(), Some("echo True"), "{seen}{}", err(&o));
+    // The program sees the end as the proxy's close (EOF), about 2 s after
+    // the last byte: not a hang until its own timeout, not data.
+    let eof: Vec<&str> = lines.get(1).copied().unwrap_or("").split_whitespace().collect();
+    assert_eq!(eof.first().copied(), Some("eof"), "{seen}");
+    let secs: f64 = eof.get(1).and_then(|x| x.parse().ok()).unwrap_or(99.0);
+    assert!((1.5..4.0).contains(&secs), "closed {secs} s after the last byte (the proxy reaps at 2 s): {seen}");
+    // Writes after the close reach a dead upstream: the program gets a
+    // reset (EPIPE/ECONNRESET), its bytes are not silently swallowed.
+    assert!(
+        lines.get(2).is_some_and(|l| l.contains("BrokenPipeError") || l.contains("ConnectionResetError")),
+        "{seen}"
+    );
+    wait_until("the flow is gone and the daemon's fds are back", Duration::from_secs(5), || {
+        fds(pid) <= base && a.stats()["flows_active"] == 0
+    });
 }

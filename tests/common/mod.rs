@@ -330,7 +330,7 @@ impl Topology {
                 ensure_user(&user);
                 must(&format!("echo '{user}:{pass}' | chpasswd"));
                 let conf = format!(
-                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\n"
+                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\ntimeout.io: 0\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\n"
                 );
                 std::fs::write(self.dir.join(format!("danted{i}.conf")), conf).expect("dante conf");
                 let c = format!("danted -f {d}/danted{i}.conf");
