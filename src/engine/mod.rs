@@ -229,13 +229,27 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; mtu.max(1500) + 64];
     tokio::pin!(shutdown);
+    let spin = spin_window();
+    let mut busy_until = std::time::Instant::now();
     loop {
-        let delay = {
+        let (delay, moved) = {
             let mut st = shared.lock();
-            while st.poll() {}
+            let mut moved = false;
+            while st.poll() {
+                moved = true;
+            }
             st.reap();
-            st.delay()
+            (st.delay(), moved)
         };
+        // After packets moved, keep polling without sleeping for a short
+        // window: the next packet of a request/response exchange (the
+        // proxy's answer, the program's next request) usually comes within
+        // it, and catching it awake saves a process wake-up each way.
+        let now = std::time::Instant::now();
+        if moved {
+            busy_until = now + spin;
+        }
+        let spinning = now < busy_until;
         let sleep = match delay {
             Some(d) if d.is_zero() => {
                 tokio::task::yield_now().await;
@@ -263,7 +277,10 @@ pub async fn run(
                 }
             }
             _ = shared.notify.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
+            // yield_now lets the runtime poll its reactor with a zero
+            // timeout and run the flow tasks that became ready.
+            _ = tokio::task::yield_now(), if spinning => {}
+            _ = tokio::time::sleep(sleep), if !spinning => {}
         }
     }
     publisher.abort();
@@ -280,6 +297,15 @@ pub async fn run(
     write_stats(&ctx, &rundir, a, p);
     Ok(())
 }
+
+/// How long the loop keeps polling without sleeping after packets moved
+/// (see docs/performance.md). `NSP_SPIN_US` overrides it for benchmarks.
+fn spin_window() -> Duration {
+    let us = std::env::var("NSP_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(SPIN_US);
+    Duration::from_micros(us)
+}
+
+const SPIN_US: u64 = 100;
 
 fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
     match packet::classify(pkt, ctx.ipv6) {

@@ -89,11 +89,16 @@ pub fn ensure_user(name: &str) {
     must(&format!("useradd -M -s /bin/sh {name}"));
 }
 
+/// NSP_TEST_TIME_SCALE (default 1): how many times longer than here
+/// things may take (the VM stage runs under software emulation).
+pub fn time_scale() -> u32 {
+    std::env::var("NSP_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
+}
+
 /// Waits for `f`, up to `timeout` times NSP_TEST_TIME_SCALE (default 1;
 /// the VM stage sets it: everything there runs under software emulation).
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let scale: u32 = std::env::var("NSP_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-    let deadline = Instant::now() + timeout * scale;
+    let deadline = Instant::now() + timeout * time_scale();
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
