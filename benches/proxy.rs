@@ -365,7 +365,7 @@ fn orchestrate(args: &[String]) {
     std::thread::sleep(Duration::from_millis(500));
     let limits = format!("    limits:\n      max_flows: {}\n      max_half_open: 4096\n", (idle_flows + 100).max(4096));
     let acct = common::Account::for_proxy("bn", px, &limits);
-    acct.up();
+    acct.up_quiet();
     let daemon = Daemon(acct.daemon_pid().expect("daemon pid"));
     let pw = acct.dir.join("pw");
     let target = px.origin_ip.to_string();

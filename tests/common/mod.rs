@@ -827,6 +827,13 @@ impl Account {
         self.assert_no_canary("after up");
     }
 
+    /// `up` with the daemon logging at info, as in production (benchmarks:
+    /// trace logging writes a line per packet).
+    pub fn up_quiet(&self) {
+        let o = self.cmd(&["--log-level", "info", "up", &self.name]);
+        assert!(o.status.success(), "up {} failed: {}{}", self.name, out(&o), err(&o));
+    }
+
     pub fn down(&self) -> Output {
         self.cmd(&["down", &self.name, "--kill"])
     }
