@@ -29,6 +29,16 @@ fi
 # kernel's KVM cannot run a stock guest kernel.
 if [ -e /dev/kvm ]; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 
+# A run cut short (the machine restarted under it) cannot tear down: its
+# namespace stays, named nspvm<pid of its run.sh>. Remove those whose run
+# is gone; a live run's namespace is left alone.
+for n in $(ip netns list | awk '$1 ~ /^nspvm[0-9]+$/ {print $1}'); do
+  pid=${n#nspvm}
+  if ! grep -qs 'vagrant/ci/run.sh' "/proc/$pid/cmdline"; then
+    echo "removing namespace $n, left by an earlier run (pid $pid is gone)"
+    ip netns del "$n"
+  fi
+done
 ip netns add "$VM_NETNS"
 ip -n "$VM_NETNS" link set lo up
 NS=(nsenter "--net=/run/netns/$VM_NETNS")
@@ -50,4 +60,19 @@ for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && break;
 virsh -c qemu:///system version >/dev/null
 # vagrant-libvirt never starts an existing but inactive pool.
 if virsh -q pool-list --all --name | grep -qx default; then virsh -q pool-start default >/dev/null 2>&1 || true; fi
+# Every domain in this libvirt was made by this stage (no other libvirtd
+# may run, see above), named nsproxy-ci-<pid>-default by run.sh, or
+# vagrant_default before it was. Remove those whose run is gone, with
+# their disks, so a run cut short never blocks this one.
+for d in $(virsh -q list --all --name); do
+  case "$d" in
+    vagrant_default) ;;
+    nsproxy-ci-*) pid=${d#nsproxy-ci-}; pid=${pid%%-*}
+      grep -qs 'vagrant/ci/run.sh' "/proc/$pid/cmdline" && continue ;;
+    *) continue ;;
+  esac
+  echo "removing domain $d, left by an earlier run"
+  virsh -q destroy "$d" >/dev/null 2>&1 || true
+  virsh -q undefine "$d" --remove-all-storage >/dev/null
+done
 echo "libvirtd pid $(cat /run/libvirtd.pid), virtlogd pid $(cat /run/virtlogd.pid), in netns $VM_NETNS"

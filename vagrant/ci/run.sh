@@ -19,7 +19,7 @@ export VM_NETNS="nspvm$$" VM_STATE
 VM_STATE=$(mktemp -d /tmp/nsproxy-vm.XXXXXX)
 export VAGRANT_HOME="$CACHE/vagrant.d" VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt
 export VAGRANT_BOX=local/nsproxy-bookworm VAGRANT_LIBVIRT_DRIVER=qemu VAGRANT_INSERT_KEY=0
-export NSP_VM_PREBUILT=1 NSP_VM_SRC="$REPO"
+export NSP_VM_PREBUILT=1 NSP_VM_SRC="$REPO" NSP_VM_DOMAIN_PREFIX="nsproxy-ci-$$-"
 NS=(nsenter "--net=/run/netns/$VM_NETNS")
 t0=$(date +%s)
 step() { echo "== [vm $(( $(date +%s) - t0 ))s] $*"; }
@@ -38,6 +38,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Vagrant's record of a run cut short names a domain that is gone.
+rm -rf "$REPO/vagrant/.vagrant"
 step "host: qemu, libvirt, vagrant; libvirtd in netns $VM_NETNS"
 "$HERE/host-setup.sh"
 
