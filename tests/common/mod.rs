@@ -897,6 +897,15 @@ impl Drop for Account {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             self.assert_no_canary("before down");
+        } else {
+            // A failed test says why from the daemon's side too (in the VM
+            // and in CI the log is gone once the account is down).
+            let log = self.log();
+            let bad: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            eprintln!("daemon log of {} at the failure: {} warning/error line(s), the last 30:", self.name, bad.len());
+            for l in bad.iter().skip(bad.len().saturating_sub(30)) {
+                eprintln!("  {l}");
+            }
         }
         let _ = self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
