@@ -301,6 +301,11 @@ impl Daemon {
         f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
             + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
     }
+    /// Resets VmHWM to the current RSS (Linux >= 4.0), so each figure's
+    /// peak can be read on its own.
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.0), "5");
+    }
     fn kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.0))
             .unwrap_or_default()
@@ -363,7 +368,13 @@ fn orchestrate(args: &[String]) {
         .expect("server");
     let _server = common::Proc { name: "bench-server".into(), child: server };
     std::thread::sleep(Duration::from_millis(500));
-    let limits = format!("    limits:\n      max_flows: {}\n      max_half_open: 4096\n", (idle_flows + 100).max(4096));
+    // --socket-buffer BYTES: the account's limits.socket_buffer (default 512 KiB).
+    let sockbuf = match flag("--socket-buffer", 0) {
+        0 => String::new(),
+        n => format!("      socket_buffer: {n}\n"),
+    };
+    let limits =
+        format!("    limits:\n      max_flows: {}\n      max_half_open: 4096\n{sockbuf}", (idle_flows + 100).max(4096));
     let acct = common::Account::for_proxy("bn", px, &limits);
     acct.up_quiet();
     let daemon = Daemon(acct.daemon_pid().expect("daemon pid"));
@@ -406,6 +417,9 @@ fn orchestrate(args: &[String]) {
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut abs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
     let (mut cpu_ticks, mut down_bytes) = (0u64, 0f64);
+    // nsproxy's peak RSS (KiB) per figure, the highest over the rounds.
+    let peak_names = ["down1", "down8", "up1", "lat", "conn1", "conn8"];
+    let mut peaks = [0u64; 6];
     let lat_s = lat_n.to_string();
     for round in 0..rounds {
         let mut fig = [[0f64; 9]; 2];
@@ -415,18 +429,33 @@ fn orchestrate(args: &[String]) {
                 if v.len() == n { v } else { vec![f64::NAN; n] }
             };
             let skip = |n: usize| vec![f64::NAN; n];
+            if via {
+                daemon.reset_peak();
+            }
+            let mut mark = |k: usize| {
+                if via {
+                    peaks[k] = peaks[k].max(daemon.kib("VmHWM:"));
+                    daemon.reset_peak();
+                }
+            };
             let t0 = daemon.cpu_ticks();
             let d1 = if want("down1") { nums(&["down", "1", &ds], 1)[0] } else { f64::NAN };
             if via && d1.is_finite() {
                 cpu_ticks += daemon.cpu_ticks() - t0;
                 down_bytes += d1 * 1e6 * secs as f64;
             }
+            mark(0);
             let d8 = if want("down8") { nums(&["down", "8", &ds], 1)[0] } else { f64::NAN };
+            mark(1);
             let u1 = if want("up1") { nums(&["up", "1", &ds], 1)[0] } else { f64::NAN };
+            mark(2);
             let lat = if want("lat") { nums(&["lat", &lat_s], 2) } else { skip(2) };
+            mark(3);
             let half = (secs * 5).to_string();
             let c1 = if want("conn1") { nums(&["conn", "1", &half], 3) } else { skip(3) };
+            mark(4);
             let c8 = if want("conn8") { nums(&["conn", "8", &half], 3) } else { skip(3) };
+            mark(5);
             fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c8[0]];
         }
         for k in 0..names.len() {
@@ -452,7 +481,10 @@ fn orchestrate(args: &[String]) {
     }
     let tick = 100.0; // USER_HZ
     println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", cpu_ticks as f64 / tick / (down_bytes / 1e9));
-    println!("nsproxy peak RSS during the benchmark: {:.1} MiB", daemon.kib("VmHWM:") as f64 / 1024.0);
+    let peak = peaks.iter().copied().max().unwrap_or(0).max(daemon.kib("VmHWM:"));
+    println!("nsproxy peak RSS during the benchmark: {:.1} MiB", peak as f64 / 1024.0);
+    let by: Vec<String> = peak_names.iter().zip(peaks).map(|(n, k)| format!("{n} {:.1}", k as f64 / 1024.0)).collect();
+    println!("  peak RSS by figure (MiB): {}", by.join(", "));
     // Idle flows.
     let before = daemon.kib("VmRSS:");
     let mut child = std::process::Command::new(common::BIN)

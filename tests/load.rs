@@ -317,7 +317,7 @@ fn a_slow_reader_costs_buffers_not_the_data_sent() {
         peak - rss0
     );
     assert!(got > 1_000_000, "the reader made progress: {got}");
-    // One flow's buffers (1 MiB per direction by default) plus slack, not 500 MB.
+    // One flow's buffers (512 KiB per direction by default) plus slack, not 500 MB.
     assert!(peak - rss0 < 16 * 1024, "memory bounded by buffers: +{} KiB", peak - rss0);
 }
 

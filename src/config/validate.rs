@@ -859,7 +859,7 @@ fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Limits> {
         max_flows: 4096,
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
-        socket_buffer: 1 << 20,
+        socket_buffer: 512 * 1024,
     };
     let Some(v) = m.get("limits") else { return Some(defaults) };
     let p = path.key("limits");
