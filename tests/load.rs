@@ -48,6 +48,31 @@ fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// In an account's namespace: tun0's queue length and its transmit drops
+/// (packets the program's stack sent that the daemon never read), and the
+/// namespace's TCP segments sent and retransmitted.
+fn tun_counters(acc: &Account) -> (u64, u64, u64, u64) {
+    let link = must(&format!("ip netns exec {} ip -s -s -o link show tun0", acc.namespace));
+    // One line: "... qlen 4200\ ... TX: bytes packets errors dropped ...\ 10 2 0 0 ...".
+    let words: Vec<&str> = link.split(|c: char| c.is_whitespace() || c == '\\').filter(|w| !w.is_empty()).collect();
+    let qlen = words.iter().position(|w| *w == "qlen").and_then(|i| words.get(i + 1)).and_then(|v| v.parse().ok());
+    let tx_dropped = words.iter().position(|w| *w == "TX:").and_then(|i| {
+        let labels = words[i + 1..].iter().take_while(|w| w.parse::<u64>().is_err()).count();
+        let at = words[i + 1..i + 1 + labels].iter().position(|w| *w == "dropped")?;
+        words.get(i + 1 + labels + at)?.parse().ok()
+    });
+    let nstat = out(&sh(&format!("ip netns exec {} nstat -az TcpOutSegs TcpRetransSegs", acc.namespace)));
+    let counter = |name: &str| {
+        nstat
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (qlen.unwrap_or(0), tx_dropped.unwrap_or(u64::MAX), counter("TcpOutSegs"), counter("TcpRetransSegs"))
+}
+
 /// Established connections to the origin's echo port, seen in its namespace.
 fn origin_echo_conns(topo: &Topology) -> usize {
     out(&sh(&format!("ip netns exec {} ss -tnH state established '( sport = :8082 )' | wc -l", topo.origin_ns)))
@@ -70,6 +95,11 @@ fn two_accounts_hold_many_flows_with_flat_memory_and_fds() {
     let b = Account::for_proxy("lb", &topo.proxies[1], &limits);
     a.up();
     b.up();
+    // The TUN queues one packet per flow and per half-open connection, so
+    // a write on every flow at once is never dropped at the device.
+    for acc in [&a, &b] {
+        assert_eq!(tun_counters(acc).0, 2 * (n + 100), "{}: tun0 qlen", acc.name);
+    }
     let (pa, pb) = (a.daemon_pid().expect("pid"), b.daemon_pid().expect("pid"));
     let base = (fds(pa), fds(pb), rss_kib(pa), rss_kib(pb));
     println!("baseline: fds {} / {}, RSS {} / {} KiB", base.0, base.1, base.2, base.3);
@@ -114,7 +144,13 @@ fn two_accounts_hold_many_flows_with_flat_memory_and_fds() {
     };
     let last = (finish(last.0, &mut la), finish(last.1, &mut lb));
     let (_, _) = (ca.wait(), cb.wait());
+    let (ta, tb) = (tun_counters(&a), tun_counters(&b));
+    println!(
+        "program side: tun0 drops {} / {}, TCP segments out {} / {}, retransmitted {} / {}",
+        ta.1, tb.1, ta.2, tb.2, ta.3, tb.3
+    );
     assert_eq!(last, ("done".to_string(), "done".to_string()), "both held {n} flows for {secs} s, every echo intact");
+    assert_eq!((ta.1, tb.1), (0, 0), "no packet of the programs' bursts dropped at the TUN");
     wait_until("fds back to baseline", Duration::from_secs(20), || fds(pa) <= base.0 + 2 && fds(pb) <= base.1 + 2);
     println!(
         "after: fds {} / {} (baseline {} / {}), peak RSS {} / {} KiB ({:.1} / {:.1} KiB per flow)",

@@ -174,6 +174,20 @@ pub struct Limits {
     pub socket_buffer: u32,
 }
 
+impl Limits {
+    /// Packets the TUN device queues for the daemon (its txqueuelen): one
+    /// per flow and per half-open connection, so that a program writing on
+    /// every flow at once (a request on each of 5,000 WebSockets) is not
+    /// dropped at the device while the daemon works through the burst. At
+    /// the default 1,000 such a burst lost a third of its segments and the
+    /// program's TCP backed off further each round (docs/reliability.md,
+    /// case 18). The ring holds pointers; packets queue only while the
+    /// daemon is behind, each flow no more than its receive window.
+    pub fn tun_queue_len(&self) -> u32 {
+        self.max_flows.saturating_add(self.max_half_open).clamp(1000, 131_072)
+    }
+}
+
 /// A plain `http://host[:port]/path` URL, fetched through a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpUrl {
@@ -396,5 +410,22 @@ mod secs {
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_flows: u32, max_half_open: u32) -> Limits {
+        Limits { max_flows, max_half_open, idle_timeout: Duration::from_secs(60), socket_buffer: 1 << 19 }
+    }
+
+    #[test]
+    fn the_tun_queue_holds_one_packet_per_flow_and_half_open_connection() {
+        assert_eq!(limits(4096, 1024).tun_queue_len(), 5120, "the defaults");
+        assert_eq!(limits(10, 10).tun_queue_len(), 1000, "never below the kernel's usual 1,000");
+        assert_eq!(limits(65536, 65536).tun_queue_len(), 131_072, "the policy maxima");
+        assert_eq!(limits(u32::MAX, u32::MAX).tun_queue_len(), 131_072, "no overflow");
     }
 }

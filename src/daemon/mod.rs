@@ -172,7 +172,7 @@ fn apply(a: &Account, rollback: &mut Rollback) -> anyhow::Result<OwnedFd> {
     let tun = link::create_tun(&link::TunPlan {
         namespace: ns,
         mtu: a.mtu,
-        txqueuelen: 1000,
+        txqueuelen: a.limits.tun_queue_len(),
         ipv6: a.ipv6 == config::Ipv6Mode::Proxy,
     })
     .with_context(|| format!("account {}", a.name))?;
