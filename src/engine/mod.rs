@@ -239,12 +239,13 @@ pub async fn run(
                 moved = true;
             }
             st.reap();
-            (st.delay(), moved)
+            (st.delay(), moved | shared.take_forwarded())
         };
-        // After packets moved, keep polling without sleeping for a short
-        // window: the next packet of a request/response exchange (the
-        // proxy's answer, the program's next request) usually comes within
-        // it, and catching it awake saves a process wake-up each way.
+        // After packets moved (or a flow task wrote to its upstream), keep
+        // polling without sleeping for a short window: the next packet of a
+        // request/response exchange (the proxy's answer, the program's next
+        // request) usually comes within it, and catching it awake saves a
+        // process wake-up each way.
         let now = std::time::Instant::now();
         if moved {
             busy_until = now + spin;

@@ -89,6 +89,7 @@ impl Flow<'_> {
                     self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                     self.proxy.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                     self.progressed = true;
+                    shared.mark_forwarded();
                     shared.notify.notify_one(); // window update
                 }
                 Ok(Io::WouldBlock) => {}

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration as StdDuration;
 
@@ -203,11 +204,23 @@ fn seed() -> u64 {
 pub struct Shared {
     stack: Mutex<Stack>,
     pub notify: Notify,
+    /// A flow task moved bytes to an upstream since the poll loop last
+    /// looked: the loop opens its busy-poll window from then, since the
+    /// proxy's answer comes one upstream round trip after that write.
+    forwarded: AtomicBool,
 }
 
 impl Shared {
     pub fn new(stack: Stack) -> Shared {
-        Shared { stack: Mutex::new(stack), notify: Notify::new() }
+        Shared { stack: Mutex::new(stack), notify: Notify::new(), forwarded: AtomicBool::new(false) }
+    }
+    /// Called by a flow task after it wrote the program's bytes upstream.
+    pub fn mark_forwarded(&self) {
+        self.forwarded.store(true, Ordering::Relaxed);
+    }
+    /// Whether a flow task forwarded bytes since the last call.
+    pub fn take_forwarded(&self) -> bool {
+        self.forwarded.swap(false, Ordering::Relaxed)
     }
     /// The stack; a poisoned lock (a panic elsewhere) is still usable, since
     /// every mutation leaves the stack consistent.
