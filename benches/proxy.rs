@@ -141,7 +141,7 @@ async fn client(args: &[String]) {
         "down" => c.bulk(true, n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
         "up" => c.bulk(false, n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
         "lat" => c.latency(n(1) as usize).await,
-        "conn" => c.connections(n(1) as usize, Duration::from_secs_f64(n(2) as f64 / 10.0)).await,
+        "conn" => c.connections(n(1) as usize, n(2) as usize).await,
         "hold" => c.hold(n(1) as usize).await,
         m => panic!("unknown mode {m}"),
     };
@@ -232,32 +232,44 @@ impl Client {
         format!("{} {}", pct(&mut v, 0.5), pct(&mut v, 0.99))
     }
 
-    /// New connection + small request: connections/s, p50, p99 (µs).
-    async fn connections(&self, par: usize, dur: Duration) -> String {
+    /// `count` new connections + small request, `par` at a time:
+    /// connections/s, p50, p99 (µs), and the p50 of the two halves
+    /// (connect() alone, then the first request). A fixed count, not a
+    /// duration: each connection leaves a TIME_WAIT behind (60 s), and
+    /// a few seconds at 1,000/s per side ran the ports to the proxy out.
+    async fn connections(&self, par: usize, count: usize) -> String {
         let start = Instant::now();
         let me = std::sync::Arc::new(Client { target: self.target, socks: self.socks.clone() });
         let tasks: Vec<_> = (0..par)
             .map(|_| {
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let mut v = Vec::new();
+                    let (mut whole, mut conn, mut req) = (Vec::new(), Vec::new(), Vec::new());
                     let mut buf = [0u8; 256];
-                    while start.elapsed() < dur {
+                    for _ in 0..count / par {
                         let t = Instant::now();
                         let mut s = me.connect(HTTP).await;
+                        let c = t.elapsed().as_micros() as u64;
                         request(&mut s, &mut buf).await;
-                        v.push(t.elapsed().as_micros() as u64);
+                        let w = t.elapsed().as_micros() as u64;
+                        whole.push(w);
+                        conn.push(c);
+                        req.push(w - c);
                     }
-                    v
+                    (whole, conn, req)
                 })
             })
             .collect();
-        let mut all = Vec::new();
+        let (mut whole, mut conn, mut req) = (Vec::new(), Vec::new(), Vec::new());
         for t in tasks {
-            all.extend(t.await.unwrap_or_default());
+            let (w, c, r) = t.await.expect("connection task");
+            whole.extend(w);
+            conn.extend(c);
+            req.extend(r);
         }
-        let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-        format!("{rate:.0} {} {}", pct(&mut all, 0.5), pct(&mut all, 0.99))
+        let rate = whole.len() as f64 / start.elapsed().as_secs_f64();
+        let (p50, p99) = (pct(&mut whole, 0.5), pct(&mut whole, 0.99));
+        format!("{rate:.0} {p50} {p99} {} {}", pct(&mut conn, 0.5), pct(&mut req, 0.5))
     }
 
     /// Opens `n` idle connections, says "ready", holds them until stdin closes.
@@ -321,6 +333,34 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
+/// TCP sockets in TIME_WAIT in this (the host's) namespace, where the
+/// baseline client and nsproxy's daemon both connect to the proxy.
+fn time_waits() -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("06")).count())
+        .sum()
+}
+
+/// Waits (up to 65 s) until fewer than 4,500 TIME_WAITs remain (one
+/// round's four connection figures leave 4 x 1,000): with 16,000 left by
+/// earlier figures, connect() searched the port range for a free port and
+/// the figure measured that instead (a baseline fell from 990 to 227
+/// connections/s). Rounds then start on an equal footing.
+fn settle_time_waits() {
+    let start = Instant::now();
+    let first = time_waits();
+    let mut n = first;
+    while n >= 4500 && start.elapsed() < Duration::from_secs(65) {
+        std::thread::sleep(Duration::from_millis(500));
+        n = time_waits();
+    }
+    if first >= 4500 {
+        println!("  (waited {:.0} s for TIME_WAITs to expire: {first} -> {n})", start.elapsed().as_secs_f64());
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -346,6 +386,7 @@ fn orchestrate(args: &[String]) {
     let secs = flag("--seconds", if smoke { 1 } else { 10 });
     let lat_n = flag("--requests", if smoke { 300 } else { 2000 });
     let idle_flows = flag("--idle-flows", if smoke { 300 } else { 10_000 });
+    let conn_n = flag("--connections", if smoke { 100 } else { 1000 }).max(8);
     // --only lat,down1,... runs a subset: down1 down8 up1 lat conn1 conn8 idle.
     let only: Option<Vec<String>> = args
         .iter()
@@ -397,7 +438,9 @@ fn orchestrate(args: &[String]) {
         assert!(o.status.success(), "client {mode:?} failed: {}", common::err(&o));
         common::out(&o).trim().to_string()
     };
-    println!("nsproxy benchmark: {rounds} round(s), {secs} s per bulk figure, {lat_n} keep-alive requests");
+    println!(
+        "nsproxy benchmark: {rounds} round(s), {secs} s per bulk figure, {lat_n} keep-alive requests, {conn_n} new connections"
+    );
     println!(
         "machine: {} cores, load {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -412,7 +455,14 @@ fn orchestrate(args: &[String]) {
         "new conn/s, 1 at a time",
         "new conn p50 µs",
         "new conn p99 µs",
+        "  of which connect() p50 µs",
+        "  of which 1st request p50 µs",
         "new conn/s, 8 parallel",
+        "new conn, 8 parallel p50 µs",
+        "new conn, 8 parallel p99 µs",
+    ];
+    let short = [
+        "down1", "down8", "up1", "p50", "p99", "conn1", "c1p50", "c1p99", "c1conn", "c1req", "conn8", "c8p50", "c8p99",
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut abs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
@@ -422,8 +472,13 @@ fn orchestrate(args: &[String]) {
     let mut peaks = [0u64; 6];
     let lat_s = lat_n.to_string();
     for round in 0..rounds {
-        let mut fig = [[0f64; 9]; 2];
-        for (i, via) in [false, true].into_iter().enumerate() {
+        let mut fig = [[0f64; 13]; 2];
+        // Baseline first in odd rounds, nsproxy first in even ones: what one
+        // side leaves behind (TIME_WAITs to the proxy in the host's port
+        // space, a warm cache) must not always favour the same side.
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for via in order {
+            let i = usize::from(via);
             let nums = |mode: &[&str], n: usize| -> Vec<f64> {
                 let v: Vec<f64> = run(via, mode).split(' ').filter_map(|x| x.parse().ok()).collect();
                 if v.len() == n { v } else { vec![f64::NAN; n] }
@@ -451,23 +506,39 @@ fn orchestrate(args: &[String]) {
             mark(2);
             let lat = if want("lat") { nums(&["lat", &lat_s], 2) } else { skip(2) };
             mark(3);
-            let half = (secs * 5).to_string();
-            let c1 = if want("conn1") { nums(&["conn", "1", &half], 3) } else { skip(3) };
+            let cn = conn_n.to_string();
+            if want("conn1") {
+                settle_time_waits();
+            }
+            let c1 = if want("conn1") { nums(&["conn", "1", &cn], 5) } else { skip(5) };
             mark(4);
-            let c8 = if want("conn8") { nums(&["conn", "8", &half], 3) } else { skip(3) };
+            if want("conn8") {
+                settle_time_waits();
+            }
+            let c8 = if want("conn8") { nums(&["conn", "8", &cn], 5) } else { skip(5) };
             mark(5);
-            fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c8[0]];
+            fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c1[3], c1[4], c8[0], c8[1], c8[2]];
         }
         for k in 0..names.len() {
             ratios[k].push(fig[1][k] / fig[0][k]);
             abs[k][0].push(fig[0][k]);
             abs[k][1].push(fig[1][k]);
         }
-        println!("round {} done (load {})", round + 1, loadavg());
+        // Each round's own figures, baseline -> nsproxy, so a median
+        // can be told from a spread.
+        let this: Vec<String> = (0..names.len())
+            .filter(|&k| !fig[1][k].is_nan())
+            .map(|k| format!("{} {:.0}->{:.0}", short[k], fig[0][k], fig[1][k]))
+            .collect();
+        println!("round {} done (load {}): {}", round + 1, loadavg(), this.join(", "));
     }
     println!();
     println!("{:<28} {:>12} {:>12} {:>10}", "figure (median)", "baseline", "nsproxy", "ratio");
     for k in 0..names.len() {
+        // Figures left out with --only have no samples: print no row.
+        if abs[k][1].iter().all(|x| x.is_nan()) {
+            continue;
+        }
         println!(
             "{:<28} {:>12.1} {:>12.1} {:>9.2}x",
             names[k],
