@@ -251,6 +251,12 @@ pub async fn run(
             busy_until = now + spin;
         }
         let spinning = now < busy_until;
+        if spinning {
+            // Stay runnable but hand the core to whoever else wants it
+            // (sched_yield): on a small machine the proxy or the program
+            // may need this very core to produce what the window waits for.
+            std::thread::yield_now();
+        }
         let sleep = match delay {
             Some(d) if d.is_zero() => {
                 tokio::task::yield_now().await;
@@ -306,7 +312,7 @@ fn spin_window() -> Duration {
     Duration::from_micros(us)
 }
 
-const SPIN_US: u64 = 100;
+const SPIN_US: u64 = 300;
 
 fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
     match packet::classify(pkt, ctx.ipv6) {
