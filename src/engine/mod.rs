@@ -11,6 +11,7 @@ pub mod packet;
 pub mod pool;
 pub mod ratelog;
 pub mod relay;
+pub mod spin;
 pub mod stack;
 pub mod stats;
 
@@ -229,8 +230,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut buf = vec![0u8; mtu.max(1500) + 64];
     tokio::pin!(shutdown);
-    let spin = spin_window();
-    let mut busy_until = std::time::Instant::now();
+    let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
     loop {
         let (delay, moved) = {
             let mut st = shared.lock();
@@ -242,21 +242,17 @@ pub async fn run(
             (st.delay(), moved | shared.take_forwarded())
         };
         // After packets moved (or a flow task wrote to its upstream), keep
-        // polling without sleeping for a short window: the next packet of a
-        // request/response exchange (the proxy's answer, the program's next
-        // request) usually comes within it, and catching it awake saves a
-        // process wake-up each way.
+        // polling without sleeping for a short window, handing the core to
+        // whoever else wants it on each turn (see spin.rs).
         let now = std::time::Instant::now();
         if moved {
-            busy_until = now + spin;
+            window.activity(now);
         }
-        let spinning = now < busy_until;
-        if spinning {
-            // Stay runnable but hand the core to whoever else wants it
-            // (sched_yield): on a small machine the proxy or the program
-            // may need this very core to produce what the window waits for.
+        if window.spinning(now) {
             std::thread::yield_now();
+            window.yielded(now, std::time::Instant::now());
         }
+        let spinning = window.spinning(std::time::Instant::now());
         let sleep = match delay {
             Some(d) if d.is_zero() => {
                 tokio::task::yield_now().await;
