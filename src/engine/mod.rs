@@ -248,11 +248,13 @@ pub async fn run(
         if moved {
             window.activity(now);
         }
-        if window.spinning(now) {
+        let mut spinning = window.spinning(now);
+        if spinning {
             std::thread::yield_now();
-            window.yielded(now, std::time::Instant::now());
+            let after = std::time::Instant::now();
+            window.yielded(now, after);
+            spinning = window.spinning(after);
         }
-        let spinning = window.spinning(std::time::Instant::now());
         let sleep = match delay {
             Some(d) if d.is_zero() => {
                 tokio::task::yield_now().await;
