@@ -1,23 +1,19 @@
 //! nsproxy: every outbound connection of an unmodified program leaves
-//! through the account's proxy.
+//! through the account's proxy. See docs/architecture.md for which module
+//! holds what and which are pure.
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod dns;
-pub mod engine;
-pub mod exec;
 pub mod fleet;
-pub mod link;
+pub mod host;
 pub mod metrics;
-pub mod netns;
-pub mod notify;
 pub mod pool;
 pub mod proxy;
+pub mod published;
 pub mod rules;
-pub mod rundir;
 pub mod secrets;
-pub mod sys;

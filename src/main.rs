@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand, SecretCommand};
-use nsproxy::{commands, daemon, exec};
+use nsproxy::commands::exec;
+use nsproxy::{commands, daemon};
 
 fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or(default))
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Daemon { account, ready_fd } => {
-            let fd = match ready_fd.map(nsproxy::sys::inherited_fd).transpose() {
+            let fd = match ready_fd.map(nsproxy::host::sys::inherited_fd).transpose() {
                 Ok(fd) => fd,
                 Err(e) => {
                     eprintln!("nsproxy: --ready-fd: {e}");

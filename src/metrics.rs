@@ -1,18 +1,17 @@
 //! Prometheus text exposition (format 0.0.4) of one account: flows, bytes,
 //! DNS, the pool (states, health checks, failovers, rotations, the active
-//! proxy and egress IP as info metrics). `render` is pure; `serve` answers
-//! any HTTP request on the policy's address or Unix socket with it.
+//! proxy and egress IP as info metrics). `render` is pure and reads only the
+//! published schemas; `serve` answers any HTTP request on the listener the
+//! daemon bound with it.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine::pool::PoolHandle;
-use crate::engine::stats::{Snapshot, Stats};
-use crate::pool::State;
+use crate::published::pool::State;
+use crate::published::stats::Snapshot;
 
 /// One proxy's figures at the time of a scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -152,45 +151,6 @@ pub fn render(f: &Figures) -> String {
     o
 }
 
-/// The current figures of a running account.
-pub fn collect(pool: &PoolHandle, stats: &Stats, active: usize, pending: usize, dns_mode: &str) -> Figures {
-    let p = pool.lock();
-    let proxies = p
-        .members()
-        .iter()
-        .zip(p.records())
-        .map(|(m, r)| {
-            let c = pool.counters_of(&m.label);
-            let g = |f: fn(&crate::engine::pool::ProxyCounters) -> &std::sync::atomic::AtomicU64| {
-                c.as_ref().map(|c| f(c).load(Relaxed)).unwrap_or(0)
-            };
-            ProxyFigures {
-                label: m.label.clone(),
-                endpoint: m.endpoint.clone(),
-                state: Some(r.state),
-                egress_ip: r.last_egress_ip.map(|i| i.to_string()),
-                bytes_up: g(|c| &c.bytes_up),
-                bytes_down: g(|c| &c.bytes_down),
-                flows: g(|c| &c.flows),
-                failures: g(|c| &c.failures),
-                checks_ok: g(|c| &c.checks_ok),
-                checks_failed: g(|c| &c.checks_failed),
-                check_latency_seconds_sum: g(|c| &c.check_latency_us) as f64 / 1e6,
-            }
-        })
-        .collect();
-    Figures {
-        account: pool.account.clone(),
-        dns_mode: dns_mode.into(),
-        stats: stats.snapshot(active, pending),
-        failovers: pool.counters.failovers.load(Relaxed),
-        rotations: pool.counters.rotations.load(Relaxed),
-        all_down: pool.all_down.load(Relaxed),
-        active: p.active().map(str::to_string),
-        proxies,
-    }
-}
-
 /// Answers one HTTP request (any path) with `body`; the request head is
 /// read with a size cap and a deadline.
 pub async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, body: impl FnOnce() -> String) {
@@ -239,30 +199,27 @@ where
     }
 }
 
-/// Serves metrics on `listen` until dropped.
-pub async fn serve(listen: crate::config::MetricsListen, account: String, source: Source) {
+/// A bound metrics listener.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Binds the policy's metrics address (a Unix socket: mode 0600, a stale
+/// socket replaced).
+pub async fn bind(listen: &crate::config::MetricsListen) -> std::io::Result<Listener> {
     use crate::config::MetricsListen;
-    let shown = match &listen {
-        MetricsListen::Tcp(a) => a.to_string(),
-        MetricsListen::Unix(p) => format!("unix:{}", p.display()),
-    };
-    let fail =
-        |e: std::io::Error| tracing::error!(account = %account, listen = %shown, error = %e, "metrics: cannot listen");
     match listen {
-        MetricsListen::Tcp(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                tracing::info!(account = %account, listen = %shown, "metrics served");
-                accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await
-            }
-            Err(e) => fail(e),
-        },
-        MetricsListen::Unix(path) => match crate::control::bind(&path) {
-            Ok(l) => {
-                tracing::info!(account = %account, listen = %shown, "metrics served");
-                accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await
-            }
-            Err(e) => fail(e),
-        },
+        MetricsListen::Tcp(addr) => tokio::net::TcpListener::bind(addr).await.map(Listener::Tcp),
+        MetricsListen::Unix(path) => crate::host::rundir::bind_unix(path).map(Listener::Unix),
+    }
+}
+
+/// Serves metrics on `listener` until dropped.
+pub async fn serve(listener: Listener, source: Source) {
+    match listener {
+        Listener::Tcp(l) => accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await,
+        Listener::Unix(l) => accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, source).await,
     }
 }
 

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = nsproxy::control::parse_request(data);
+    let _ = nsproxy::published::control::parse_request(data);
 });

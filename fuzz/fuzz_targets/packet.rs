@@ -3,6 +3,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = nsproxy::engine::packet::classify(data, true);
-    let _ = nsproxy::engine::packet::classify(data, false);
+    let _ = nsproxy::dataplane::packet::classify(data, true);
+    let _ = nsproxy::dataplane::packet::classify(data, false);
 });

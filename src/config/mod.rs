@@ -5,6 +5,7 @@ pub mod duration;
 pub mod lines;
 pub mod model;
 pub mod overrides;
+pub mod urls;
 mod validate;
 
 use std::fmt;
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 pub use model::*;
 pub use overrides::Overrides;
-pub use validate::{parse_proxy_url, parse_str, parse_str_with};
+pub use urls::parse_proxy_url;
+pub use validate::{parse_str, parse_str_with};
 
 /// One problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]

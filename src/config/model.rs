@@ -393,6 +393,11 @@ pub mod plan {
     /// Fake-IP pool: 198.18.1.0 - 198.19.255.254.
     pub const FAKE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
     pub const FAKE_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+
+    /// The namespace of an account whose policy names none.
+    pub fn default_namespace(account: &str) -> String {
+        format!("nsp-{account}")
+    }
 }
 
 pub fn is_fake_ip(ip: IpAddr) -> bool {

@@ -1,10 +1,13 @@
-//! DNS answered by nsproxy itself: message parsing and building (no I/O)
-//! and the fake-IP table.
+//! DNS answered by nsproxy itself: message parsing and building (no I/O),
+//! the fake-IP table, the answer cache and remembered names (pure), and the
+//! server and forwarder that use them.
 
 pub mod cache;
 pub mod fakeip;
+pub mod forward;
 pub mod message;
 pub mod names;
+pub mod server;
 
 use std::net::Ipv4Addr;
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Record;
-use crate::rundir::{RunDirError, ensure_dir, write_atomic};
+use super::state::Record;
+use crate::host::Paths;
+use crate::host::rundir::{RunDirError, ensure_dir, write_atomic};
 
-pub const STATE_ROOT: &str = "/var/lib/nsproxy";
 const VERSION: u32 = 1;
 const MAX_SIZE: usize = 1 << 20;
 
@@ -65,11 +65,12 @@ pub fn render(account: &str, records: &[Record]) -> Vec<u8> {
 pub struct Store {
     pub account: String,
     pub dir: PathBuf,
+    root: PathBuf,
 }
 
 impl Store {
-    pub fn new(account: &str) -> Store {
-        Store { account: account.into(), dir: Path::new(STATE_ROOT).join(account) }
+    pub fn new(paths: &Paths, account: &str) -> Store {
+        Store { account: account.into(), dir: paths.state_dir(account), root: paths.state_root.clone() }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -107,7 +108,7 @@ impl Store {
     }
 
     pub fn save(&self, records: &[Record]) -> Result<(), StoreError> {
-        ensure_dir(Path::new(STATE_ROOT), 0o755)?;
+        ensure_dir(&self.root, 0o755)?;
         ensure_dir(&self.dir, 0o700)?;
         write_atomic(&self.path(), &render(&self.account, records), 0o600)?;
         Ok(())

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod probe;
+pub mod route;
 pub mod socks5;
 
 use std::fmt;

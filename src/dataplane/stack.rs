@@ -88,16 +88,15 @@ impl Stack {
         Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
 
-    /// Runs the stack; true when socket state may have changed.
-    pub fn poll(&mut self) -> bool {
-        let now = self.now();
+    /// Runs the stack at `now` (from `Stack::now` or a test's clock); true
+    /// when socket state may have changed.
+    pub fn poll(&mut self, now: Instant) -> bool {
         let r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
         matches!(r, smoltcp::iface::PollResult::SocketStateChanged)
     }
 
     /// When the stack next needs polling (None: only on new input).
-    pub fn delay(&mut self) -> Option<StdDuration> {
-        let now = self.now();
+    pub fn delay(&mut self, now: Instant) -> Option<StdDuration> {
         self.iface.poll_delay(now, &self.sockets).map(|d| StdDuration::from_micros(d.total_micros()))
     }
 
@@ -167,11 +166,10 @@ impl Stack {
     }
 
     /// Removes detached sockets that are closed, in TIME-WAIT, or lingered.
-    pub fn reap(&mut self) -> usize {
+    pub fn reap(&mut self, now: Instant) -> usize {
         if self.detached.is_empty() {
             return 0;
         }
-        let now = self.now();
         let (socks, sockets) = (&self.socks, &self.sockets);
         let (done, waiting): (Vec<SocketHandle>, Vec<SocketHandle>) = self.detached.iter().partition(|h| {
             socks.get(h).and_then(|i| i.detached_at).is_none_or(|t| {
@@ -255,7 +253,7 @@ mod tests {
     const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 443);
 
     fn seg(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
-        crate::engine::packet::tests::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
+        crate::dataplane::packet::tests::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
     }
 
     /// (rst, syn, ack, seq, ack_number, payload) of an emitted segment.
@@ -283,7 +281,8 @@ mod tests {
         assert_eq!(st.flow(&key()), Some(Flow::Pending));
         assert_eq!(st.counts(), (0, 1));
         st.refuse(key(), seg(TcpControl::Syn, 1000, None, b""));
-        st.poll();
+        let now = st.now();
+        st.poll(now);
         let out = cap.take();
         assert_eq!(out.len(), 1, "one RST");
         let (rst, _, ack, _, ackn, _) = parse(&out[0]);
@@ -298,7 +297,8 @@ mod tests {
         let (mut st, cap) = stack();
         st.begin(key());
         let h = st.accept(key(), seg(TcpControl::Syn, 1000, None, b"")).expect("listener");
-        st.poll();
+        let now = st.now();
+        st.poll(now);
         let out = cap.take();
         let (rst, syn, ack, isn, ackn, _) = parse(&out[0]);
         assert!(syn && ack && !rst, "SYN-ACK only after accept");
@@ -307,7 +307,8 @@ mod tests {
         // Client completes the handshake and sends data.
         st.dev.push(seg(TcpControl::None, 1001, Some(isn + 1), b""));
         st.dev.push(seg(TcpControl::Psh, 1001, Some(isn + 1), b"hello"));
-        st.poll();
+        let now = st.now();
+        st.poll(now);
         let s = st.socket(h);
         assert_eq!(s.state(), tcp::State::Established);
         let mut buf = [0u8; 16];
@@ -316,18 +317,20 @@ mod tests {
         assert!(!s.nagle_enabled(), "Nagle is off");
         s.send_slice(b"world").expect("send");
         cap.take();
-        st.poll();
+        let now = st.now();
+        st.poll(now);
         let data: Vec<Vec<u8>> = cap.take().iter().map(|p| parse(p).5).filter(|p| !p.is_empty()).collect();
         assert_eq!(data, vec![b"world".to_vec()]);
         // A retransmitted SYN for an open flow is no new flow.
         assert_eq!(st.flow(&key()), Some(Flow::Open(h)));
         // Client resets; the detached socket is reaped.
         st.dev.push(seg(TcpControl::Rst, 1006, None, b""));
-        st.poll();
+        let now = st.now();
+        st.poll(now);
         assert_eq!(st.socket(h).state(), tcp::State::Closed);
-        assert_eq!(st.reap(), 0, "not reaped while the adapter holds it");
+        assert_eq!(st.reap(now), 0, "not reaped while the adapter holds it");
         st.detach(h, false);
-        assert_eq!(st.reap(), 1);
+        assert_eq!(st.reap(now), 1);
         assert_eq!(st.counts(), (0, 0));
         assert_eq!(st.flow(&key()), None);
     }
@@ -335,7 +338,8 @@ mod tests {
     #[test]
     fn idle_stack_asks_for_no_wakeup() {
         let (mut st, _cap) = stack();
-        st.poll();
-        assert_eq!(st.delay(), None, "an idle stack must not spin");
+        let now = st.now();
+        st.poll(now);
+        assert_eq!(st.delay(now), None, "an idle stack must not spin");
     }
 }

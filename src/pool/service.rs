@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Manager, PoolHandle, unix_now};
+use super::handle::{PoolHandle, unix_now};
+use super::manager::Manager;
+use super::state::Reason;
 use crate::config::{ExternalService, ProxyEntry, SERVICE_LABEL, Scheme};
 use crate::fleet::breaker::{Allow, Breaker, State};
 use crate::fleet::client::{ServiceClient, cache_for};
 use crate::fleet::protocol::{Allocation, FallbackPolicy, Feedback};
-use crate::pool::Reason;
 use crate::proxy::Upstream;
 use crate::secrets::Creds;
 
@@ -49,25 +49,7 @@ fn upstream_for(a: &Allocation) -> Upstream {
     }
 }
 
-/// What `status` shows about the proxy service.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ServiceStatus {
-    /// `allocated`, `unavailable` (no proxy from it) or `starting`.
-    pub state: String,
-    pub breaker: String,
-    pub proxy: Option<String>,
-    pub strategy: Option<String>,
-    pub fallback_policy: Option<String>,
-    /// Seconds until the cached answer is refreshed.
-    pub refresh_in_s: Option<u64>,
-    pub last_error: Option<String>,
-    pub allocations: u64,
-    pub failed_calls: u64,
-    pub feedback_sent: u64,
-    pub feedback_failed: u64,
-    pub feedback_dropped: u64,
-    pub fallback_to_embedded: bool,
-}
+pub use crate::published::service::ServiceStatus;
 
 /// Where flows through the `service` member are reported.
 pub struct FeedbackSink {

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pool::PoolHandle;
+use tokio_util::task::TaskTracker;
+
 use crate::dns::cache::{Cache, Key};
 use crate::dns::message::{self, Query, RCODE_SERVFAIL};
 use crate::dns::names::Names;
 use crate::proxy::Target;
+use crate::proxy::route::Router;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
@@ -40,10 +42,17 @@ fn servfail(q: &Query) -> Vec<u8> {
 }
 
 impl Forwarder {
-    pub fn start(pool: Arc<PoolHandle>, resolver: SocketAddr, names: Option<Arc<Mutex<Names>>>) -> Forwarder {
+    /// Starts the forwarding task on `tasks`; it ends when the forwarder is
+    /// dropped.
+    pub fn start(
+        pool: Arc<dyn Router>,
+        resolver: SocketAddr,
+        names: Option<Arc<Mutex<Names>>>,
+        tasks: &TaskTracker,
+    ) -> Forwarder {
         let (tx, rx) = mpsc::channel(1024);
         let cache = Arc::new(Mutex::new(Cache::new(10_000)));
-        tokio::spawn(run(pool, resolver, rx, cache.clone(), names.clone()));
+        tasks.spawn(run(pool, resolver, rx, cache.clone(), names.clone()));
         Forwarder { tx, cache, names }
     }
 
@@ -75,13 +84,13 @@ struct Pending {
 }
 
 async fn run(
-    pool: Arc<PoolHandle>,
+    pool: Arc<dyn Router>,
     resolver: SocketAddr,
     mut rx: mpsc::Receiver<Req>,
     cache: Arc<Mutex<Cache>>,
     names: Option<Arc<Mutex<Names>>>,
 ) {
-    let account = pool.account.clone();
+    let account = pool.account().to_string();
     let mut next_id: u16 = rand_id();
     let mut carried: Option<Req> = None;
     'outer: loop {
@@ -111,7 +120,7 @@ async fn run(
         let (mut rd, mut wr) = conn.stream.into_split();
         let (ftx, mut frx) = mpsc::channel::<Vec<u8>>(64);
         let mut leftover = conn.leftover;
-        let reader = tokio::spawn(async move {
+        let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 let mut len = [0u8; 2];
                 let n = if leftover.len() >= 2 {
@@ -135,7 +144,7 @@ async fn run(
                     break;
                 }
             }
-        });
+        }));
         let mut pending: HashMap<u16, Pending> = HashMap::new();
         let mut queued = Some(first);
         let mut last_use = Instant::now();

@@ -1,5 +1,6 @@
 //! The per-account run directory `/run/nsproxy/<account>/`: lock, pid and
-//! state files, the daemon log. Created with safe modes; symlinks refused.
+//! state files, the daemon log; and `/etc/netns/<ns>`. Created with safe
+//! modes; symlinks refused. Roots come from `Paths`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -7,10 +8,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
-pub const RUN_ROOT: &str = "/run/nsproxy";
-pub const ETC_NETNS: &str = "/etc/netns";
+use super::Paths;
+use crate::published::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -28,39 +28,21 @@ pub enum RunDirError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// What a running daemon publishes about its account. Contains no secret.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct State {
-    pub account: String,
-    pub namespace: String,
-    pub pid: u32,
-    pub policy: PathBuf,
-    pub tun: String,
-    pub dns: String,
-    pub proxy: String,
-    /// Local users and groups allowed to `exec` (names, as in the policy).
-    pub exec_users: Vec<String>,
-    pub exec_groups: Vec<String>,
-    /// Names (never values) of the environment variables the credentials
-    /// came from: `exec` removes them from the program's environment.
-    #[serde(default)]
-    pub secret_env: Vec<String>,
-    pub started_at_unix: u64,
-}
-
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub account: String,
     pub dir: PathBuf,
+    root: PathBuf,
 }
 
 /// `/run/nsproxy` itself, with the same checks as every directory under it.
-pub fn ensure_run_root() -> Result<(), RunDirError> {
-    ensure_dir(Path::new(RUN_ROOT), 0o755)
+pub fn ensure_run_root(paths: &Paths) -> Result<(), RunDirError> {
+    ensure_dir(&paths.run_root, 0o755)
 }
 
 /// Creates `path` with `mode` if missing; refuses symlinks and directories
-/// not owned by root.
+/// not owned by this process's user (root, for a real nsproxy) or writable
+/// by others.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => {}
@@ -68,15 +50,15 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), RunDirError> {
         Err(source) => return Err(RunDirError::Create { path: path.into(), source }),
     }
     let meta = fs::symlink_metadata(path).map_err(|source| RunDirError::Create { path: path.into(), source })?;
-    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
         return Err(RunDirError::Unsafe { path: path.into() });
     }
     Ok(())
 }
 
 impl RunDir {
-    pub fn new(account: &str) -> RunDir {
-        RunDir { account: account.into(), dir: Path::new(RUN_ROOT).join(account) }
+    pub fn new(paths: &Paths, account: &str) -> RunDir {
+        RunDir { account: account.into(), dir: paths.run_dir(account), root: paths.run_root.clone() }
     }
 
     pub fn exists(&self) -> bool {
@@ -84,7 +66,7 @@ impl RunDir {
     }
 
     pub fn create(&self) -> Result<(), RunDirError> {
-        ensure_run_root()?;
+        ensure_dir(&self.root, 0o755)?;
         ensure_dir(&self.dir, 0o700)
     }
 
@@ -187,8 +169,8 @@ impl RunDir {
 }
 
 /// Accounts that have a run directory.
-pub fn accounts_with_rundir() -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(RUN_ROOT)
+pub fn accounts_with_rundir(paths: &Paths) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(&paths.run_root)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().is_dir())
@@ -217,23 +199,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirErr
     fs::rename(&tmp, path).map_err(err)
 }
 
-/// `/etc/netns/<ns>`: the files `ip netns exec` and `nsproxy exec` bind over
-/// `/etc` inside the namespace.
-pub fn etc_netns_dir(namespace: &str) -> PathBuf {
-    Path::new(ETC_NETNS).join(namespace)
-}
-
 /// Writes resolv.conf (nameserver = the stack's DNS address) and an
 /// nsswitch.conf whose hosts line is `files dns`, keeping the host's other
 /// databases. Returns whether the directory was created.
-pub fn write_etc_netns(namespace: &str, dns: std::net::Ipv4Addr) -> Result<bool, RunDirError> {
-    ensure_dir(Path::new(ETC_NETNS), 0o755)?;
-    let dir = etc_netns_dir(namespace);
+pub fn write_etc_netns(paths: &Paths, namespace: &str, dns: std::net::Ipv4Addr) -> Result<bool, RunDirError> {
+    ensure_dir(&paths.etc_netns, 0o755)?;
+    let dir = paths.etc_netns_dir(namespace);
     let created = !dir.exists();
     ensure_dir(&dir, 0o755)?;
     let resolv = format!("# written by nsproxy: DNS is answered through the account's proxy\nnameserver {dns}\n");
     write_atomic(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644)?;
-    let host = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let host = fs::read_to_string(&paths.host_nsswitch).unwrap_or_default();
     write_atomic(&dir.join("nsswitch.conf"), nsswitch_for_namespace(&host).as_bytes(), 0o644)?;
     Ok(created)
 }
@@ -262,11 +238,27 @@ pub fn nsswitch_for_namespace(host: &str) -> String {
 }
 
 /// Removes `/etc/netns/<ns>`; already gone is success.
-pub fn remove_etc_netns(namespace: &str) -> io::Result<()> {
-    match fs::remove_dir_all(etc_netns_dir(namespace)) {
+pub fn remove_etc_netns(paths: &Paths, namespace: &str) -> io::Result<()> {
+    match fs::remove_dir_all(paths.etc_netns_dir(namespace)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Binds a Unix socket at `path` (a stale socket is replaced; a symlink or
+/// directory there is refused), mode 0600. Call inside a tokio runtime.
+pub fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() || m.is_dir() => {
+            return Err(std::io::Error::other(format!("{} is not a socket; refusing to replace it", path.display())));
+        }
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::os::fd::OwnedFd;
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use super::Paths;
 use crate::config::plan;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum LinkError {
     #[error("netlink in namespace {ns}: {op}: {reason}")]
     Netlink { ns: String, op: &'static str, reason: String },
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] super::netns::NetnsError),
 }
 
 #[derive(Debug, Clone)]
@@ -37,9 +38,9 @@ pub struct TunPlan {
 /// Creates and configures the TUN in the plan's namespace: `lo` up, `tun0`
 /// up with the plan's MTU and address, the only default route via `tun0`.
 /// IPv6 gets no route (so it fails at once with ENETUNREACH).
-pub fn create_tun(p: &TunPlan) -> Result<OwnedFd, LinkError> {
+pub fn create_tun(paths: &Paths, p: &TunPlan) -> Result<OwnedFd, LinkError> {
     let plan_c = p.clone();
-    crate::netns::run_in(&p.namespace, move || create_tun_here(&plan_c))?
+    super::netns::run_in(paths, &p.namespace, move || create_tun_here(&plan_c))?
 }
 
 fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
@@ -58,7 +59,7 @@ fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
         name: plan::TUN_NAME.into(),
         reason: e.to_string(),
     })?;
-    let fd = crate::sys::tun_into_owned(dev);
+    let fd = super::sys::tun_into_owned(dev);
     // IPv6 blocked: no address, no route, and no link-local either.
     let v6_off = if p.ipv6 { "0" } else { "1" };
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan::TUN_NAME), v6_off);
@@ -123,6 +124,6 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> 
 }
 
 /// Whether `tun0` exists in the namespace (for `status`).
-pub fn tun_present(namespace: &str) -> bool {
-    crate::netns::run_in(namespace, || nix::net::if_::if_nametoindex(plan::TUN_NAME).is_ok()).unwrap_or(false)
+pub fn tun_present(paths: &Paths, namespace: &str) -> bool {
+    super::netns::run_in(paths, namespace, || nix::net::if_::if_nametoindex(plan::TUN_NAME).is_ok()).unwrap_or(false)
 }

@@ -4,13 +4,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use netns_rs::NetNs;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 
-pub const NETNS_DIR: &str = "/run/netns";
+use super::Paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -28,10 +28,6 @@ pub enum NetnsError {
     Thread { name: String, reason: String },
 }
 
-pub fn ns_path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
-}
-
 /// (dev, inode) of a namespace file, the identity `/proc/<pid>/ns/net`
 /// links compare against.
 fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
@@ -41,36 +37,36 @@ fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
 
 /// Whether `/run/netns/<name>` is a live namespace (not a stale plain file
 /// left by a crash).
-pub fn exists(name: &str) -> bool {
+pub fn exists(paths: &Paths, name: &str) -> bool {
     let nsfs_dev = match fs::metadata("/proc/self/ns/net") {
         Ok(m) => m.dev(),
         Err(_) => return false,
     };
-    matches!(ns_id(&ns_path(name)), Ok((dev, _)) if dev == nsfs_dev)
+    matches!(ns_id(&paths.netns(name)), Ok((dev, _)) if dev == nsfs_dev)
 }
 
 /// Serialises namespace creation and removal between nsproxy processes
 /// (netns-rs turns /run/netns into a shared mount point on first use).
-fn global_lock() -> Result<Flock<File>, String> {
-    crate::rundir::ensure_run_root().map_err(|e| e.to_string())?;
+fn global_lock(paths: &Paths) -> Result<Flock<File>, String> {
+    super::rundir::ensure_run_root(paths).map_err(|e| e.to_string())?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(Path::new(crate::rundir::RUN_ROOT).join(".netns.lock"))
+        .open(paths.netns_lock())
         .map_err(|e| e.to_string())?;
     Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| e.to_string())
 }
 
 /// Creates the namespace, or reuses a live one. Returns whether it was
 /// created by this call. A stale file is removed and replaced.
-pub fn create_or_reuse(name: &str) -> Result<bool, NetnsError> {
+pub fn create_or_reuse(paths: &Paths, name: &str) -> Result<bool, NetnsError> {
     let err = |reason: String| NetnsError::Create { name: name.into(), reason };
-    let _lock = global_lock().map_err(|e| err(format!("lock: {e}")))?;
-    if exists(name) {
+    let _lock = global_lock(paths).map_err(|e| err(format!("lock: {e}")))?;
+    if exists(paths, name) {
         return Ok(false);
     }
-    let path = ns_path(name);
+    let path = paths.netns(name);
     if path.exists() {
         // A stale mount point (the namespace behind it is gone).
         let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
@@ -81,9 +77,9 @@ pub fn create_or_reuse(name: &str) -> Result<bool, NetnsError> {
 }
 
 /// Removes the namespace; already gone is success.
-pub fn remove(name: &str) -> Result<(), NetnsError> {
-    let _lock = global_lock().map_err(|reason| NetnsError::Remove { name: name.into(), reason })?;
-    let path = ns_path(name);
+pub fn remove(paths: &Paths, name: &str) -> Result<(), NetnsError> {
+    let _lock = global_lock(paths).map_err(|reason| NetnsError::Remove { name: name.into(), reason })?;
+    let path = paths.netns(name);
     if !path.exists() {
         return Ok(());
     }
@@ -101,15 +97,15 @@ pub fn remove(name: &str) -> Result<(), NetnsError> {
 
 /// Runs `f` on a fresh thread that has entered the namespace; the thread
 /// exits afterwards, so no other code ever runs in the wrong namespace.
-pub fn run_in<T, F>(name: &str, f: F) -> Result<T, NetnsError>
+pub fn run_in<T, F>(paths: &Paths, name: &str, f: F) -> Result<T, NetnsError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    if !exists(name) {
+    if !exists(paths, name) {
         return Err(NetnsError::Missing { name: name.into() });
     }
-    let file = File::open(ns_path(name)).map_err(|source| NetnsError::Open { name: name.into(), source })?;
+    let file = File::open(paths.netns(name)).map_err(|source| NetnsError::Open { name: name.into(), source })?;
     let owned = name.to_string();
     std::thread::Builder::new()
         .name(format!("netns-{name}"))
@@ -123,8 +119,8 @@ where
 }
 
 /// Processes whose network namespace is this one.
-pub fn pids_in(name: &str) -> Vec<i32> {
-    let Ok(target) = ns_id(&ns_path(name)) else { return Vec::new() };
+pub fn pids_in(paths: &Paths, name: &str) -> Vec<i32> {
+    let Ok(target) = ns_id(&paths.netns(name)) else { return Vec::new() };
     let me = std::process::id() as i32;
     let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
     let mut pids: Vec<i32> = rd

@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::adapter::SmolStream;
-use super::pool::ProxyCounters;
 use super::stats::Stats;
+use crate::proxy::route::ProxyCounters;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {

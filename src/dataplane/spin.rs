@@ -15,6 +15,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The default busy-poll window after packets moved (docs/performance.md).
+pub const SPIN_US: u64 = 300;
+
 /// A `sched_yield` that took longer than this gave the core to someone.
 pub const CONTENDED: Duration = Duration::from_micros(20);
 

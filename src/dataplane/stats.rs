@@ -1,8 +1,9 @@
-//! Counters of one account's data plane, published to the run directory.
+//! Counters of one account's data plane; `snapshot` turns them into the
+//! published `stats.json` schema.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use crate::published::stats::Snapshot;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -22,36 +23,6 @@ pub struct Stats {
     pub dns_other: AtomicU64,
     pub packets_dropped: AtomicU64,
     pub udp_refused: AtomicU64,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq, Clone, serde::Deserialize, Default)]
-pub struct Snapshot {
-    pub flows_active: u64,
-    pub flows_pending: u64,
-    pub flows_opened: u64,
-    pub flows_refused_proxy: u64,
-    pub flows_refused_limit: u64,
-    pub flows_refused_unknown_fake_ip: u64,
-    #[serde(default)]
-    pub flows_refused_rule: u64,
-    #[serde(default)]
-    pub flows_refused_no_proxy: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub dns_queries: u64,
-    #[serde(default)]
-    pub dns_noerror: u64,
-    #[serde(default)]
-    pub dns_nxdomain: u64,
-    #[serde(default)]
-    pub dns_servfail: u64,
-    #[serde(default)]
-    pub dns_other: u64,
-    pub packets_dropped: u64,
-    pub udp_refused: u64,
-    /// Fleet mode: the proxy service's state.
-    #[serde(default)]
-    pub service: Option<crate::engine::pool::fleet::ServiceStatus>,
 }
 
 impl Stats {

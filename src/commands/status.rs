@@ -1,0 +1,300 @@
+//! `status` and `list`: what is there for each account (run directory,
+//! daemon, namespace, TUN, programs), the daemon's published counters and
+//! the saved pool. Gathering reads the host; `render` and `render_list`
+//! are pure and tested on fixtures.
+
+use std::fmt::Write as _;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use super::{host, require_root};
+use crate::config::{self, plan};
+use crate::host::rundir::{self, RunDir};
+use crate::host::{Host, Paths};
+use crate::published::pool::{Record, State};
+use crate::published::stats::Snapshot;
+
+/// One pool member as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct ProxyStatus {
+    pub label: String,
+    pub endpoint: String,
+    pub priority: u32,
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// The pool as saved by the daemon (also shown while the account is down:
+/// burns persist), joined with the policy's members.
+fn pool_status(
+    paths: &Paths,
+    account: &str,
+    from_policy: Option<&config::Account>,
+) -> (Vec<ProxyStatus>, Option<String>) {
+    let records = match crate::pool::store::Store::new(paths, account).load() {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e.to_string())),
+    };
+    let Some(a) = from_policy else {
+        let v = records
+            .into_iter()
+            .map(|r| ProxyStatus {
+                label: r.label.clone(),
+                endpoint: String::new(),
+                priority: 0,
+                enabled: true,
+                record: r,
+            })
+            .collect();
+        return (v, None);
+    };
+    let v = a
+        .proxies
+        .iter()
+        .map(|p| ProxyStatus {
+            label: p.label.clone(),
+            endpoint: p.endpoint(),
+            priority: p.priority,
+            enabled: p.enabled,
+            record: records.iter().find(|r| r.label == p.label).cloned().unwrap_or_else(|| Record::new(&p.label)),
+        })
+        .collect();
+    (v, None)
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountStatus {
+    pub account: String,
+    pub namespace: String,
+    /// up: daemon running with its TUN; down: nothing; degraded: partly there.
+    pub state: &'static str,
+    pub daemon_pid: Option<i32>,
+    pub daemon_running: bool,
+    pub namespace_exists: bool,
+    pub tun_present: bool,
+    pub programs: usize,
+    pub proxy: Option<String>,
+    pub policy: Option<String>,
+    /// The daemon's counters (flows, bytes, DNS), when it is running.
+    pub stats: Option<Snapshot>,
+    /// The active proxy's label and its last egress IP.
+    pub active_proxy: Option<String>,
+    pub egress_ip: Option<std::net::IpAddr>,
+    pub pool: Vec<ProxyStatus>,
+    /// The pool state file could not be read.
+    pub pool_error: Option<String>,
+}
+
+fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
+    let rd = RunDir::new(host.paths(), account);
+    let state = rd.read_state().ok().flatten();
+    let namespace = state
+        .as_ref()
+        .map(|s| s.namespace.clone())
+        .or_else(|| from_policy.map(|a| a.namespace.clone()))
+        .unwrap_or_else(|| plan::default_namespace(account));
+    let running = rd.daemon_alive();
+    let ns_exists = host.netns_exists(&namespace);
+    let tun = ns_exists && host.tun_present(&namespace);
+    let st = match (running, ns_exists, tun) {
+        (true, true, true) => "up",
+        (false, false, _) => "down",
+        _ => "degraded",
+    };
+    let (pool, pool_error) = pool_status(host.paths(), account, from_policy);
+    let active = pool.iter().find(|p| p.record.state == State::Active);
+    AccountStatus {
+        active_proxy: active.map(|p| p.label.clone()),
+        egress_ip: active.and_then(|p| p.record.last_egress_ip),
+        account: account.into(),
+        state: st,
+        daemon_pid: if running { rd.read_pid() } else { None },
+        daemon_running: running,
+        namespace_exists: ns_exists,
+        tun_present: tun,
+        programs: if ns_exists { host.netns_pids(&namespace).len() } else { 0 },
+        proxy: active
+            .map(|p| format!("{} ({})", p.label, p.endpoint))
+            .or_else(|| state.as_ref().map(|s| s.proxy.clone()).filter(|p| !p.is_empty())),
+        policy: state
+            .as_ref()
+            .map(|s| s.policy.display().to_string())
+            .or_else(|| from_policy.map(|a| a.origin.file.display().to_string())),
+        stats: if running {
+            std::fs::read(rd.stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        } else {
+            None
+        },
+        namespace,
+        pool,
+        pool_error,
+    }
+}
+
+fn all_status(host: &dyn Host, policy: &config::Policy) -> Vec<AccountStatus> {
+    let from_policy = policy.load().unwrap_or_default();
+    let mut names: Vec<String> = from_policy.iter().map(|a| a.name.clone()).collect();
+    for n in rundir::accounts_with_rundir(host.paths()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.sort();
+    names.iter().map(|n| account_status(host, n, from_policy.iter().find(|a| &a.name == n))).collect()
+}
+
+pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> anyhow::Result<()> {
+    require_root("status")?;
+    let host = host();
+    let list = match account {
+        Some(a) => {
+            let p = policy.load().ok().and_then(|v| v.into_iter().find(|x| x.name == a));
+            if p.is_none() && !RunDir::new(host.paths(), a).exists() {
+                bail!("unknown account {a:?}: not in policy {} and not up", policy.path.display());
+            }
+            vec![account_status(&host, a, p.as_ref())]
+        }
+        None => all_status(&host, policy),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    print!("{}", render(&list, now));
+    Ok(())
+}
+
+/// The text of `status`: pure, `now` in Unix seconds.
+pub fn render(list: &[AccountStatus], now: u64) -> String {
+    let mut o = String::new();
+    for s in list {
+        let _ = writeln!(o, "account:   {}", s.account);
+        let _ = writeln!(o, "  state:     {}", s.state);
+        let _ = writeln!(o, "  namespace: {} ({})", s.namespace, if s.namespace_exists { "present" } else { "absent" });
+        let _ = writeln!(
+            o,
+            "  daemon:    {}",
+            match s.daemon_pid {
+                Some(p) => format!("running, pid {p}"),
+                None => "not running".into(),
+            }
+        );
+        let _ = writeln!(o, "  tun:       {}", if s.tun_present { "tun0" } else { "absent (no route out)" });
+        let _ = writeln!(o, "  programs:  {}", s.programs);
+        let _ = writeln!(o, "  proxy:     {}", s.proxy.as_deref().unwrap_or("-"));
+        let _ = writeln!(o, "  policy:    {}", s.policy.as_deref().unwrap_or("-"));
+        if let Some(st) = &s.stats {
+            let _ = writeln!(
+                o,
+                "  flows:     {} active, {} connecting, {} opened, refused: {} by the proxy, {} by limits, {} stale fake IP",
+                st.flows_active,
+                st.flows_pending,
+                st.flows_opened,
+                st.flows_refused_proxy,
+                st.flows_refused_limit,
+                st.flows_refused_unknown_fake_ip
+            );
+            let _ =
+                writeln!(o, "  bytes:     {} up, {} down; DNS queries: {}", st.bytes_up, st.bytes_down, st.dns_queries);
+            if let Some(svc) = &st.service {
+                let _ = writeln!(
+                    o,
+                    "  service:   {}, breaker {}, proxy {}{}; {} allocation(s), {} failed call(s); feedback {} sent, {} failed, {} dropped{}",
+                    svc.state,
+                    svc.breaker,
+                    svc.proxy.as_deref().unwrap_or("-"),
+                    svc.refresh_in_s.map(|s| format!(" (cached {s}s)")).unwrap_or_default(),
+                    svc.allocations,
+                    svc.failed_calls,
+                    svc.feedback_sent,
+                    svc.feedback_failed,
+                    svc.feedback_dropped,
+                    svc.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+                );
+            }
+            if st.flows_refused_rule + st.flows_refused_no_proxy > 0 {
+                let _ = writeln!(
+                    o,
+                    "  refused:   {} by rules, {} with no usable proxy",
+                    st.flows_refused_rule, st.flows_refused_no_proxy
+                );
+            }
+        }
+        let _ = writeln!(o, "  egress IP: {}", s.egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+        if let Some(e) = &s.pool_error {
+            let _ = writeln!(o, "  pool:      ERROR {e}");
+        }
+        if !s.pool.is_empty() {
+            let _ = writeln!(o, "  pool:");
+            let _ = writeln!(
+                o,
+                "    {:<16} {:<10} {:>4}  {:<30} {:<16} {:<12} LAST ERROR",
+                "LABEL", "STATE", "PRIO", "ENDPOINT", "EGRESS IP", "CHECKED"
+            );
+            for p in &s.pool {
+                let r = &p.record;
+                let state = match (r.state, r.burned_until, p.enabled) {
+                    (_, _, false) => "disabled".to_string(),
+                    (State::Burned, Some(u), _) => {
+                        format!("burned {}", ago(u.saturating_sub(now), "left"))
+                    }
+                    (st, _, _) => st.to_string(),
+                };
+                let _ = writeln!(
+                    o,
+                    "    {:<16} {:<10} {:>4}  {:<30} {:<16} {:<12} {}",
+                    p.label,
+                    state,
+                    p.priority,
+                    p.endpoint,
+                    r.last_egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    r.last_checked_at.map(|t| ago(now.saturating_sub(t), "ago")).unwrap_or_else(|| "never".into()),
+                    r.last_error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    o
+}
+
+/// `90s ago`, `3h left`.
+fn ago(secs: u64, word: &str) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s {word}"),
+        s if s < 7200 => format!("{}m {word}", s / 60),
+        s if s < 172_800 => format!("{}h {word}", s / 3600),
+        s => format!("{}d {word}", s / 86400),
+    }
+}
+
+pub fn list(policy: &config::Policy, json: bool) -> anyhow::Result<()> {
+    require_root("list")?;
+    let list = all_status(&host(), policy);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    print!("{}", render_list(&list));
+    Ok(())
+}
+
+/// The text of `list`: pure.
+pub fn render_list(list: &[AccountStatus]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<24} {:<9} {:<24} {:>8}  PROXY", "ACCOUNT", "STATE", "NAMESPACE", "PID");
+    for s in list {
+        let _ = writeln!(
+            o,
+            "{:<24} {:<9} {:<24} {:>8}  {}",
+            s.account,
+            s.state,
+            s.namespace,
+            s.daemon_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.proxy.as_deref().unwrap_or("-")
+        );
+    }
+    o
+}

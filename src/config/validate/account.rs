@@ -1,0 +1,321 @@
+//! An account: its own fields, DNS, limits and health check.
+
+use super::*;
+
+pub(super) const ACCOUNT_KEYS: &[&str] = &[
+    "name",
+    "namespace",
+    "exec",
+    "proxies",
+    "dns",
+    "ipv6",
+    "udp",
+    "tun",
+    "limits",
+    "health_check",
+    "pool",
+    "egress_check",
+    "rules",
+    "metrics",
+    "secrets",
+    "external_service",
+];
+
+/// `default_key`: the file's top-level `secrets` (`Err` if it was invalid).
+pub(super) fn account(
+    ctx: &mut Ctx,
+    v: &Value,
+    path: &FieldPath,
+    default_key: &Result<Option<KeySource>, ()>,
+) -> Option<Account> {
+    let m = ctx.mapping(v, path, ACCOUNT_KEYS)?;
+    let name: Option<String> = ctx.require(m, "name", path, "the account name");
+    let name = name.filter(|n| {
+        let ok = is_name(n, 32, &['_']);
+        if !ok {
+            ctx.problem(&path.key("name"), format!("invalid account name {n:?}: use 1-32 of a-z, 0-9, '-', '_'"));
+        }
+        ok
+    });
+    let namespace: Option<String> = match ctx.get::<String>(m, "namespace", path, "a namespace name") {
+        Some(ns) if is_name(&ns, 48, &['_', '.']) && ns != "." && ns != ".." => Some(ns),
+        Some(ns) => {
+            ctx.problem(
+                &path.key("namespace"),
+                format!("invalid namespace name {ns:?}: use 1-48 of a-z, 0-9, '-', '_', '.'"),
+            );
+            None
+        }
+        None if m.contains_key("namespace") => None,
+        None => name.as_ref().map(|n| crate::config::plan::default_namespace(n)),
+    };
+
+    let exec = match m.get("exec") {
+        None => ExecAccess::default(),
+        Some(v) => {
+            let p = path.key("exec");
+            match ctx.mapping(v, &p, &["users", "groups"]) {
+                Some(em) => ExecAccess {
+                    users: ctx.get(em, "users", &p, "a list of user names").unwrap_or_default(),
+                    groups: ctx.get(em, "groups", &p, "a list of group names").unwrap_or_default(),
+                },
+                None => ExecAccess::default(),
+            }
+        }
+    };
+
+    let external_service = match m.get("external_service") {
+        None => Some(None),
+        Some(v) => external_service(ctx, v, &path.key("external_service")).map(|s| s.filter(|s| s.enabled)),
+    };
+    let fleet = matches!(external_service, Some(Some(_)));
+    let mut proxies = Vec::new();
+    match m.get("proxies") {
+        None if fleet => {}
+        None => ctx.problem(path, "missing field \"proxies\" (the account's proxy pool)"),
+        Some(Value::Sequence(seq)) => {
+            if seq.is_empty() && !fleet {
+                ctx.problem(&path.key("proxies"), "expected at least one proxy");
+            }
+            for (i, pv) in seq.iter().enumerate() {
+                let pp = path.key("proxies").index(i);
+                if let Some(p) = proxy(ctx, pv, &pp) {
+                    if proxies.iter().any(|q: &ProxyEntry| q.label == p.label) {
+                        ctx.problem(&pp.key("label"), format!("duplicate proxy label {:?} in this account", p.label));
+                    }
+                    if fleet && p.label == SERVICE_LABEL {
+                        ctx.problem(
+                            &pp.key("label"),
+                            "the label \"service\" is the proxy the external_service hands out; pick another",
+                        );
+                    }
+                    proxies.push(p);
+                }
+            }
+            if !seq.is_empty() && !proxies.is_empty() && !proxies.iter().any(|p| p.enabled) {
+                ctx.problem(&path.key("proxies"), "every proxy is disabled: enable at least one");
+            }
+        }
+        Some(_) => ctx.problem(&path.key("proxies"), "expected a list of proxies"),
+    }
+
+    let dns = dns(ctx, m, path);
+    let ipv6 = match ctx.get::<String>(m, "ipv6", path, "block or proxy").as_deref() {
+        None | Some("block") => Some(Ipv6Mode::Block),
+        Some("proxy") => Some(Ipv6Mode::Proxy),
+        Some(o) => {
+            ctx.problem(&path.key("ipv6"), format!("expected block or proxy, got {o:?}"));
+            None
+        }
+    };
+    let udp = match ctx.get::<String>(m, "udp", path, "block").as_deref() {
+        None | Some("block") => Some(UdpMode::Block),
+        Some("proxy") => {
+            ctx.problem(&path.key("udp"), "udp: proxy (SOCKS5 UDP ASSOCIATE) is not supported yet; use block");
+            None
+        }
+        Some(o) => {
+            ctx.problem(&path.key("udp"), format!("expected block, got {o:?}"));
+            None
+        }
+    };
+    let mtu = match m.get("tun") {
+        None => Some(DEFAULT_MTU),
+        Some(v) => {
+            let p = path.key("tun");
+            ctx.mapping(v, &p, &["mtu"])
+                .and_then(|tm| ctx.ranged(tm, "mtu", &p, 1280, 65535, DEFAULT_MTU as u64))
+                .map(|n| n as u32)
+        }
+    };
+    let limits = limits(ctx, m, path);
+    let health_check = match m.get("health_check") {
+        None => Some(None),
+        Some(v) => health(ctx, v, &path.key("health_check")).map(Some),
+    };
+    let pool = match m.get("pool") {
+        None => Some(PoolPolicy { failback: false }),
+        Some(v) => {
+            let p = path.key("pool");
+            ctx.mapping(v, &p, &["failback"]).and_then(|pm| {
+                let failback = if pm.contains_key("failback") {
+                    ctx.get::<bool>(pm, "failback", &p, "true or false")
+                } else {
+                    Some(false)
+                };
+                failback.map(|failback| PoolPolicy { failback })
+            })
+        }
+    };
+    let egress_check = match m.get("egress_check") {
+        None => Some(None),
+        Some(v) => {
+            let p = path.key("egress_check");
+            ctx.mapping(v, &p, &["url", "timeout"]).and_then(|em| {
+                let url: Option<String> = ctx.require(em, "url", &p, "an http:// URL that answers with your IP");
+                let url = url.and_then(|u| match parse_http_url(&u) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        ctx.problem(&p.key("url"), e);
+                        None
+                    }
+                });
+                let timeout = ctx.duration(em, "timeout", &p, Duration::from_secs(10));
+                Some(Some(EgressCheck { url: url?, timeout: timeout? }))
+            })
+        }
+    };
+    // Labels as written, so a proxy with another error still counts here.
+    let labels: Vec<String> = match m.get("proxies") {
+        Some(Value::Sequence(seq)) => {
+            seq.iter().filter_map(|p| p.get("label").and_then(Value::as_str).map(str::to_string)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let rules = rules(ctx, m, path, &labels);
+    let metrics = match m.get("metrics") {
+        None => Some(None),
+        Some(v) => {
+            let p = path.key("metrics");
+            ctx.mapping(v, &p, &["listen"]).and_then(|mm| {
+                let l: Option<String> = ctx.require(mm, "listen", &p, "host:port or unix:/path");
+                l.and_then(|l| match parse_metrics_listen(&l) {
+                    Ok(x) => Some(Some(x)),
+                    Err(e) => {
+                        ctx.problem(&p.key("listen"), e);
+                        None
+                    }
+                })
+            })
+        }
+    };
+
+    let secrets_key = match m.get("secrets") {
+        Some(v) => key_source(ctx, v, &path.key("secrets")).map(Some),
+        None => default_key.clone().ok(),
+    };
+    if let (Some(None), Some(es)) = (&secrets_key, m.get("external_service"))
+        && es.get("token_encrypted").is_some()
+    {
+        ctx.problem(
+            &path.key("external_service").key("token_encrypted"),
+            "an encrypted value needs the Fernet key: set secrets.key_file in the account or at the top of the file",
+        );
+    }
+    if let (Some(None), Some(Value::Sequence(seq))) = (&secrets_key, m.get("proxies")) {
+        for (i, pv) in seq.iter().enumerate() {
+            for k in ["username_encrypted", "password_encrypted"] {
+                if pv.get(k).is_some() {
+                    ctx.problem(
+                        &path.key("proxies").index(i).key(k),
+                        "an encrypted value needs the Fernet key: set secrets.key_file in the account or at the top of the file",
+                    );
+                }
+            }
+        }
+    }
+
+    Some(Account {
+        name: name?,
+        namespace: namespace?,
+        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path) },
+        exec,
+        proxies,
+        dns: dns?,
+        ipv6: ipv6?,
+        udp: udp?,
+        mtu: mtu?,
+        limits: limits?,
+        health_check: health_check?,
+        pool: pool?,
+        egress_check: egress_check?,
+        rules: rules?,
+        metrics: metrics?,
+        secrets_key: secrets_key?,
+        external_service: external_service?,
+    })
+}
+
+pub(super) fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
+    let Some(v) = m.get("dns") else { return Some(Dns { mode: DnsMode::FakeIp, resolver: None }) };
+    let p = path.key("dns");
+    let dm = ctx.mapping(v, &p, &["mode", "resolver"])?;
+    let mode = match ctx.get::<String>(dm, "mode", &p, "fake-ip or tcp").as_deref() {
+        None if dm.contains_key("mode") => None,
+        None | Some("fake-ip") => Some(DnsMode::FakeIp),
+        Some("tcp") => Some(DnsMode::Tcp),
+        Some(o) => {
+            ctx.problem(&p.key("mode"), format!("expected fake-ip or tcp, got {o:?}"));
+            None
+        }
+    };
+    let resolver = match ctx.get::<String>(dm, "resolver", &p, "an IP address with optional :port") {
+        None => None,
+        Some(r) => {
+            let parsed =
+                r.parse::<SocketAddr>().ok().or_else(|| r.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            if parsed.is_none() {
+                ctx.problem(&p.key("resolver"), format!("expected an IP address with optional :port, got {r:?}"));
+            }
+            parsed
+        }
+    };
+    match mode? {
+        DnsMode::Tcp if resolver.is_none() && !dm.contains_key("resolver") => {
+            ctx.problem(&p, "dns mode tcp needs a resolver (e.g. resolver: 9.9.9.9:53)");
+            None
+        }
+        DnsMode::FakeIp if dm.contains_key("resolver") => {
+            ctx.problem(&p.key("resolver"), "resolver is only used with mode: tcp");
+            None
+        }
+        mode => Some(Dns { mode, resolver }),
+    }
+}
+
+pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Limits> {
+    let defaults = Limits {
+        max_flows: 4096,
+        max_half_open: 1024,
+        idle_timeout: Duration::from_secs(2 * 3600),
+        socket_buffer: 512 * 1024,
+    };
+    let Some(v) = m.get("limits") else { return Some(defaults) };
+    let p = path.key("limits");
+    let lm = ctx.mapping(v, &p, &["max_flows", "max_half_open", "idle_timeout", "socket_buffer"])?;
+    let max_flows = ctx.ranged(lm, "max_flows", &p, 1, 65536, defaults.max_flows as u64);
+    let max_half_open = ctx.ranged(lm, "max_half_open", &p, 1, 65536, defaults.max_half_open as u64);
+    let idle_timeout = ctx.duration(lm, "idle_timeout", &p, defaults.idle_timeout);
+    let socket_buffer = ctx.ranged(lm, "socket_buffer", &p, 16 * 1024, 64 << 20, defaults.socket_buffer as u64);
+    Some(Limits {
+        max_flows: max_flows? as u32,
+        max_half_open: max_half_open? as u32,
+        idle_timeout: idle_timeout?,
+        socket_buffer: socket_buffer? as u32,
+    })
+}
+
+pub(super) fn health(ctx: &mut Ctx, v: &Value, p: &FieldPath) -> Option<HealthCheck> {
+    let hm = ctx.mapping(v, p, &["interval", "timeout", "target", "failures_before_unhealthy"])?;
+    let interval = ctx.duration(hm, "interval", p, Duration::from_secs(30));
+    let timeout = ctx.duration(hm, "timeout", p, Duration::from_secs(5));
+    let target: Option<String> = ctx.require(hm, "target", p, "tcp://host:port or http://host/path");
+    let target = target.and_then(|t| {
+        let parsed = if let Some(rest) = t.strip_prefix("tcp://") {
+            match host_port(rest, None) {
+                Ok((host, port)) => Ok(HealthTarget::Tcp { host, port }),
+                Err(e) => Err(format!("expected tcp://host:port, got {t:?}: {e}")),
+            }
+        } else {
+            parse_http_url(&t).map(HealthTarget::Http)
+        };
+        parsed.map_err(|e| ctx.problem(&p.key("target"), e)).ok()
+    });
+    let failures = ctx.ranged(hm, "failures_before_unhealthy", p, 1, 100, 3);
+    Some(HealthCheck {
+        interval: interval?,
+        timeout: timeout?,
+        target: target?,
+        failures_before_unhealthy: failures? as u32,
+    })
+}

@@ -1,0 +1,204 @@
+//! One TCP flow from SYN to relay: limits, the DNS port, fake-IP names,
+//! the router's choice, the connect through the proxy (retried once through
+//! the new active proxy after a failover), and the relay task.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::Ctx;
+use super::adapter::SmolStream;
+use super::relay;
+use super::stack::{Flow, FlowKey};
+use crate::config::is_fake_ip;
+use crate::proxy::route::{Refusal, Route};
+use crate::proxy::{Connected, Target};
+use crate::rules::Dest;
+
+/// A held SYN's outcome, handed back to the loop.
+pub(super) enum Event {
+    Ready(FlowKey, Vec<u8>, Connected, Route),
+    Failed(FlowKey, Vec<u8>),
+}
+
+pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: FlowKey, pkt: &[u8]) {
+    let mut st = ctx.shared.lock();
+    match st.flow(&key) {
+        Some(Flow::Pending) => return, // retransmitted SYN: still connecting
+        Some(Flow::Open(_)) => {
+            st.dev.push_copy(pkt);
+            return;
+        }
+        None => {}
+    }
+    let (open, pending) = st.counts();
+    if open + pending >= ctx.limits.max_flows || pending >= ctx.limits.max_half_open {
+        ctx.stats.flows_refused_limit.fetch_add(1, Relaxed);
+        if let Some(suppressed) = ctx.may_log("limit") {
+            tracing::warn!(account = %ctx.account, dst = %key.1, open, pending, suppressed, "flow refused: flow limit reached");
+        }
+        st.refuse(key, pkt.to_vec());
+        return;
+    }
+    let dst = key.1;
+    // DNS over TCP is answered here, never proxied.
+    if dst.port() == 53 {
+        if let Some(h) = st.accept(key, pkt.to_vec()) {
+            drop(st);
+            ctx.spawn(dns_tcp(ctx.clone(), SmolStream::new(ctx.shared.clone(), h)));
+        }
+        return;
+    }
+    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
+    let is_fake = fake.is_some();
+    let target = match (dst.ip(), fake) {
+        (IpAddr::V4(v4), Some(dns)) => match dns.table.lookup(v4) {
+            Some(n) => Target::Name(n.to_string(), dst.port()),
+            None => {
+                drop(dns);
+                ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
+                if let Some(suppressed) = ctx.may_log("fake-ip") {
+                    tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: fake IP with no name (stale DNS answer?)");
+                }
+                st.refuse(key, pkt.to_vec());
+                return;
+            }
+        },
+        _ => Target::Ip(dst),
+    };
+    let remembered = match (&target, &ctx.names) {
+        (Target::Ip(a), Some(names)) => {
+            names.lock().unwrap_or_else(|e| e.into_inner()).lookup(a.ip()).map(str::to_string)
+        }
+        _ => None,
+    };
+    let name = match &target {
+        Target::Name(n, _) => Some(n.as_str()),
+        Target::Ip(_) => remembered.as_deref(),
+    };
+    let dest = Dest { name, ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
+    let route = match ctx.router.route(&dest) {
+        Ok(r) => r,
+        Err(refusal) => {
+            let no_proxy = refusal == Refusal::NoActive;
+            let counter = if no_proxy { &ctx.stats.flows_refused_no_proxy } else { &ctx.stats.flows_refused_rule };
+            counter.fetch_add(1, Relaxed);
+            let reason = refusal.to_string();
+            if let Some(suppressed) = ctx.may_log(&reason) {
+                if no_proxy {
+                    tracing::error!(account = %ctx.account, target = %target, suppressed, "flow refused: {reason}");
+                } else {
+                    tracing::warn!(account = %ctx.account, target = %target, suppressed, "flow refused: {reason}");
+                }
+            }
+            st.refuse(key, pkt.to_vec());
+            return;
+        }
+    };
+    st.begin(key);
+    drop(st);
+    let (ctx, tx, syn) = (ctx.clone(), tx.clone(), pkt.to_vec());
+    let spawner = ctx.clone();
+    spawner.spawn(async move {
+        let ev = connect(&ctx, route, &target, key, syn).await;
+        let _ = tx.send(ev);
+    });
+}
+
+/// Connects through `route`. When the proxy itself fails and the pool has
+/// meanwhile moved to another proxy (a failover), the held SYN gets one
+/// more try through the new one; a rule's proxy is never swapped.
+async fn connect(ctx: &Arc<Ctx>, mut route: Route, target: &Target, key: FlowKey, syn: Vec<u8>) -> Event {
+    let mut retried = false;
+    loop {
+        let started = std::time::Instant::now();
+        match route.upstream.connect(target).await {
+            Ok(c) => {
+                ctx.router.report(&route, Ok(()), started);
+                return Event::Ready(key, syn, c, route);
+            }
+            Err(e) => {
+                ctx.router.report(&route, Err(&e), started);
+                if !retried
+                    && !route.by_rule
+                    && e.is_proxy_level()
+                    && let Some(next) = ctx.router.active()
+                    && next.label() != route.label()
+                {
+                    tracing::debug!(account = %ctx.account, target = %target, error = %e, next = %next.label(), "retrying through the new active proxy");
+                    route = next;
+                    retried = true;
+                    continue;
+                }
+                ctx.stats.flows_refused_proxy.fetch_add(1, Relaxed);
+                // The same failure repeated collapses; different ones all show.
+                if let Some(suppressed) = ctx.may_log(&e.to_string()) {
+                    tracing::warn!(account = %ctx.account, target = %target, error = %e, suppressed, "flow refused");
+                }
+                return Event::Failed(key, syn);
+            }
+        }
+    }
+}
+
+pub(super) fn handle_event(ctx: &Arc<Ctx>, ev: Event) {
+    match ev {
+        Event::Failed(key, syn) => ctx.shared.lock().refuse(key, syn),
+        Event::Ready(key, syn, conn, route) => {
+            let h = ctx.shared.lock().accept(key, syn);
+            let Some(h) = h else { return };
+            ctx.stats.flows_opened.fetch_add(1, Relaxed);
+            let ctx = ctx.clone();
+            let reset = ctx.router.reset_signal();
+            let spawner = ctx.clone();
+            spawner.spawn(async move {
+                let program = SmolStream::new(ctx.shared.clone(), h);
+                if program.established().await.is_err() {
+                    let _ = conn.stream.set_zero_linger();
+                    return;
+                }
+                let end = relay::relay(
+                    program,
+                    conn.stream,
+                    conn.leftover,
+                    ctx.limits.idle,
+                    &ctx.stats,
+                    &route.counters,
+                    reset,
+                )
+                .await;
+                tracing::debug!(account = %ctx.account, dst = %key.1, proxy = %route.label(), ?end, "flow ended");
+            });
+        }
+    }
+}
+
+/// DNS over TCP (RFC 7766): length-prefixed queries, answered in order.
+async fn dns_tcp(ctx: Arc<Ctx>, mut s: SmolStream) {
+    if s.established().await.is_err() {
+        return;
+    }
+    let mut msg = vec![0u8; 65535];
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut len)).await;
+        let Ok(Ok(_)) = read else { break };
+        let n = u16::from_be_bytes(len) as usize;
+        if tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut msg[..n])).await.is_err() {
+            break;
+        }
+        ctx.stats.dns_queries.fetch_add(1, Relaxed);
+        let Some(r) = ctx.dns.answer(&msg[..n], false).await else { break };
+        ctx.stats.dns_reply(&r);
+        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&r);
+        if s.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+    let _ = s.shutdown().await;
+}

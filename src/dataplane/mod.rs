@@ -1,0 +1,185 @@
+//! The data plane: one poll loop per account reads the device, classifies
+//! each packet, answers DNS through the DNS server, holds each new SYN
+//! until the upstream is connected through the route the router picks
+//! (deferred accept), and feeds the rest to the smoltcp stack. One task per
+//! flow relays between the stack socket and the upstream. Nothing leaves
+//! except through the proxy.
+//!
+//! The device is any non-blocking datagram fd that carries one IP packet
+//! per read and write: the account's TUN, or one end of a Unix datagram
+//! socketpair in tests, which then play the program's side with raw
+//! packets, no root needed.
+
+pub mod adapter;
+pub mod device;
+mod flow;
+pub mod packet;
+mod poll;
+pub mod ratelog;
+pub mod relay;
+pub mod spin;
+pub mod stack;
+pub mod stats;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Account;
+use crate::dns::names::Names;
+use crate::dns::server::DnsServer;
+use crate::proxy::route::Router;
+use crate::published::stats::Snapshot;
+use device::FdSink;
+use stack::{Shared, Stack};
+use stats::Stats;
+
+/// What the policy bounds in the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub mtu: usize,
+    pub socket_buffer: usize,
+    /// A flow with no traffic for this long is reset on both sides.
+    pub idle: Duration,
+    pub max_flows: usize,
+    pub max_half_open: usize,
+    /// `ipv6: proxy`: IPv6 packets are handled, not dropped.
+    pub ipv6: bool,
+}
+
+impl Limits {
+    pub fn from_account(a: &Account) -> Limits {
+        Limits {
+            mtu: a.mtu as usize,
+            socket_buffer: a.limits.socket_buffer as usize,
+            idle: a.limits.idle_timeout,
+            max_flows: a.limits.max_flows as usize,
+            max_half_open: a.limits.max_half_open as usize,
+            ipv6: a.ipv6 == crate::config::Ipv6Mode::Proxy,
+        }
+    }
+}
+
+/// The device fd, shared between the reader (the loop) and the writers.
+#[derive(Clone)]
+struct TunRef(Arc<AsyncFd<OwnedFd>>);
+
+impl AsFd for TunRef {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.get_ref().as_fd()
+    }
+}
+
+/// Everything the loop and the flow tasks share.
+struct Ctx {
+    account: String,
+    router: Arc<dyn Router>,
+    /// DNS mode tcp with rules: names behind the addresses answered.
+    names: Option<Arc<Mutex<Names>>>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    shared: Arc<Shared>,
+    dns: Arc<DnsServer>,
+    tun: TunRef,
+    /// Flow and DNS tasks, drained on shutdown.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: every flow and DNS task ends.
+    stop: CancellationToken,
+    /// Refusal warnings, at most one per reason per second.
+    ratelog: Mutex<ratelog::RateLog>,
+}
+
+impl Ctx {
+    /// Whether a warning for `reason` may be logged now, and how many were
+    /// suppressed since the last one.
+    fn may_log(&self, reason: &str) -> Option<u64> {
+        self.ratelog.lock().unwrap_or_else(|e| e.into_inner()).allow(reason, std::time::Instant::now())
+    }
+
+    /// Spawns a flow or DNS task on the tracker; it ends at shutdown.
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+}
+
+/// What the rest of the daemon reads from a running data plane.
+#[derive(Clone)]
+pub struct Observer {
+    shared: Arc<Shared>,
+    pub stats: Arc<Stats>,
+}
+
+impl Observer {
+    /// (open, connecting) flows right now.
+    pub fn counts(&self) -> (usize, usize) {
+        self.shared.lock().counts()
+    }
+
+    /// The counters as published (without the proxy service's part).
+    pub fn snapshot(&self) -> Snapshot {
+        let (a, p) = self.counts();
+        self.stats.snapshot(a, p)
+    }
+}
+
+/// One account's data plane, built on its device and ready to run.
+pub struct Dataplane {
+    ctx: Arc<Ctx>,
+}
+
+/// What the data plane is built from.
+pub struct Parts {
+    pub account: String,
+    /// The device: the TUN fd (non-blocking), or a datagram socket in tests.
+    pub device: OwnedFd,
+    pub router: Arc<dyn Router>,
+    pub dns: Arc<DnsServer>,
+    pub names: Option<Arc<Mutex<Names>>>,
+    pub limits: Limits,
+    /// Where flow and DNS tasks are spawned.
+    pub tasks: TaskTracker,
+    /// Cancelled at shutdown: every flow and DNS task ends.
+    pub stop: CancellationToken,
+}
+
+impl Dataplane {
+    /// Registers the device with the runtime (call inside it).
+    pub fn new(p: Parts) -> std::io::Result<Dataplane> {
+        let tun = TunRef(Arc::new(crate::host::sys::register_async(p.device)?));
+        let stack = Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), p.limits.mtu, p.limits.socket_buffer);
+        let ctx = Ctx {
+            account: p.account,
+            router: p.router,
+            names: p.names,
+            limits: p.limits,
+            stats: Arc::new(Stats::default()),
+            shared: Arc::new(Shared::new(stack)),
+            dns: p.dns,
+            tun,
+            tasks: p.tasks,
+            stop: p.stop,
+            ratelog: Mutex::new(ratelog::RateLog::new(Duration::from_secs(1))),
+        };
+        Ok(Dataplane { ctx: Arc::new(ctx) })
+    }
+
+    pub fn observer(&self) -> Observer {
+        Observer { shared: self.ctx.shared.clone(), stats: self.ctx.stats.clone() }
+    }
+
+    /// Runs the poll loop until `stop` is cancelled; an error of the device
+    /// ends it early.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        poll::run(self.ctx, stop).await
+    }
+}

@@ -1,0 +1,135 @@
+//! The poll loop: device reads, the stack's timers, flow events, the
+//! busy-poll window, until the stop token is cancelled.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::flow::{self, Event};
+use super::packet::{self, Class};
+use super::{Ctx, spin};
+
+/// How long the loop keeps polling without sleeping after packets moved
+/// (see docs/performance.md). `NSP_SPIN_US` overrides it for benchmarks.
+fn spin_window() -> Duration {
+    let us = std::env::var("NSP_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(spin::SPIN_US);
+    Duration::from_micros(us)
+}
+
+pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()> {
+    let name = ctx.account.clone();
+    let shared = ctx.shared.clone();
+    let tun = ctx.tun.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut buf = vec![0u8; ctx.limits.mtu.max(1500) + 64];
+    let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
+    loop {
+        let (delay, moved) = {
+            let mut st = shared.lock();
+            let mut moved = false;
+            loop {
+                let now = st.now();
+                if !st.poll(now) {
+                    break;
+                }
+                moved = true;
+            }
+            let now = st.now();
+            st.reap(now);
+            (st.delay(now), moved | shared.take_forwarded())
+        };
+        // After packets moved (or a flow task wrote to its upstream), keep
+        // polling without sleeping for a short window, handing the core to
+        // whoever else wants it on each turn (see spin.rs).
+        let now = std::time::Instant::now();
+        if moved {
+            window.activity(now);
+        }
+        let mut spinning = window.spinning(now);
+        if spinning {
+            std::thread::yield_now();
+            let after = std::time::Instant::now();
+            window.yielded(now, after);
+            spinning = window.spinning(after);
+        }
+        let sleep = match delay {
+            Some(d) if d.is_zero() => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Some(d) => d,
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            ev = rx.recv() => {
+                if let Some(ev) = ev { flow::handle_event(&ctx, ev) }
+                while let Ok(ev) = rx.try_recv() { flow::handle_event(&ctx, ev) }
+            }
+            g = tun.0.readable() => {
+                let mut g = match g { Ok(g) => g, Err(e) => anyhow::bail!("account {name}: TUN: {e}") };
+                for _ in 0..256 {
+                    match g.try_io(|f| nix::unistd::read(f.get_ref(), &mut buf).map_err(std::io::Error::from)) {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(n)) => ingress(&ctx, &tx, &buf[..n]),
+                        Ok(Err(e)) => { tracing::warn!(account = %name, error = %e, "TUN read failed"); break }
+                        Err(_would_block) => break,
+                    }
+                }
+            }
+            _ = shared.notify.notified() => {}
+            // yield_now lets the runtime poll its reactor with a zero
+            // timeout and run the flow tasks that became ready.
+            _ = tokio::task::yield_now(), if spinning => {}
+            _ = tokio::time::sleep(sleep), if !spinning => {}
+        }
+    }
+    Ok(())
+}
+
+/// One packet from the program.
+fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
+    match packet::classify(pkt, ctx.limits.ipv6) {
+        Class::TcpSyn { src, dst } => flow::on_syn(ctx, tx, (src, dst), pkt),
+        c @ (Class::Tcp | Class::Udp) => {
+            if c == Class::Udp {
+                ctx.stats.udp_refused.fetch_add(1, Relaxed);
+            }
+            if !ctx.shared.lock().dev.push_copy(pkt) {
+                ctx.stats.packets_dropped.fetch_add(1, Relaxed);
+            }
+        }
+        Class::Dns { src, dst, payload } => {
+            ctx.stats.dns_queries.fetch_add(1, Relaxed);
+            if let Some(mut fake) = ctx.dns.fake() {
+                let reply = fake.answer(payload);
+                drop(fake);
+                if let Some(r) = &reply {
+                    ctx.stats.dns_reply(r);
+                }
+                if let Some(out) = reply.and_then(|r| packet::udp_packet(dst, src, &r)) {
+                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
+                }
+                return;
+            }
+            let (ctx, query) = (ctx.clone(), payload.to_vec());
+            let spawner = ctx.clone();
+            spawner.spawn(async move {
+                let Some(r) = ctx.dns.answer(&query, true).await else { return };
+                ctx.stats.dns_reply(&r);
+                if let Some(out) = packet::udp_packet(dst, src, &r) {
+                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
+                }
+            });
+        }
+        Class::Drop(reason) => {
+            ctx.stats.packets_dropped.fetch_add(1, Relaxed);
+            tracing::trace!(account = %ctx.account, reason, "packet dropped");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Who answers the program's DNS queries: the fake-IP table (with its
+//! append-only log under the run directory) or the forwarder through the
+//! proxy (DNS mode `tcp`).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use super::fakeip::FakeIpTable;
+use super::forward::Forwarder;
+
+/// Fake-IP table and its append-only log.
+pub struct FakeDns {
+    pub table: FakeIpTable,
+    log: Option<std::fs::File>,
+}
+
+impl FakeDns {
+    /// Loads the table from `path` (corrupt lines skipped and logged),
+    /// compacts the file, and appends new entries to it from now on.
+    pub fn open(path: &Path, account: &str) -> FakeDns {
+        let (table, bad) = match std::fs::read_to_string(path) {
+            Ok(text) => FakeIpTable::from_text(&text),
+            Err(_) => (FakeIpTable::default(), 0),
+        };
+        if bad > 0 {
+            tracing::warn!(account, file = %path.display(), bad, "skipped corrupt lines of the fake-IP table");
+        }
+        // Compact: rewrite what was loaded, then append new entries.
+        let _ = crate::host::rundir::write_atomic(path, table.to_text().as_bytes(), 0o600);
+        let log = OpenOptions::new().append(true).open(path).ok();
+        if !table.is_empty() {
+            tracing::info!(account, entries = table.len(), "fake-IP table restored");
+        }
+        FakeDns { table, log }
+    }
+
+    /// An in-memory table with no log.
+    pub fn in_memory() -> FakeDns {
+        FakeDns { table: FakeIpTable::default(), log: None }
+    }
+
+    pub fn answer(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+        let a = super::answer_fake_ip(&mut self.table, msg)?;
+        if let (Some((ip, name)), Some(log)) = (&a.new_entry, self.log.as_mut()) {
+            let _ = log.write_all(format!("{ip} {name}\n").as_bytes());
+        }
+        Some(a.reply)
+    }
+}
+
+/// Who answers the program's DNS queries.
+pub enum DnsServer {
+    FakeIp(Mutex<FakeDns>),
+    Forward(Forwarder),
+}
+
+impl DnsServer {
+    /// The fake-IP table, when in fake-ip mode.
+    pub fn fake(&self) -> Option<MutexGuard<'_, FakeDns>> {
+        match self {
+            DnsServer::FakeIp(m) => Some(m.lock().unwrap_or_else(|e| e.into_inner())),
+            DnsServer::Forward(_) => None,
+        }
+    }
+
+    /// The answer to a DNS message (None: nothing to answer). Over UDP a
+    /// forwarded answer larger than the client accepts is truncated (TC),
+    /// so the client retries over TCP; fake-IP answers always fit.
+    pub async fn answer(&self, msg: &[u8], udp: bool) -> Option<Vec<u8>> {
+        use super::message::{fit_udp, udp_limit};
+        match self {
+            DnsServer::FakeIp(m) => m.lock().unwrap_or_else(|e| e.into_inner()).answer(msg),
+            DnsServer::Forward(f) => match super::query_or_error(msg) {
+                Ok(q) if udp => {
+                    let r = f.resolve(q.clone(), msg).await;
+                    Some(fit_udp(&r, &q, udp_limit(msg)))
+                }
+                Ok(q) => Some(f.resolve(q, msg).await),
+                Err(reply) => reply,
+            },
+        }
+    }
+}
