@@ -298,3 +298,142 @@ pub fn render_list(list: &[AccountStatus]) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(label: &str, state: State) -> Record {
+        Record { last_checked_at: Some(9_900), ..Record { state, ..Record::new(label) } }
+    }
+
+    fn up_account() -> AccountStatus {
+        AccountStatus {
+            account: "acct".into(),
+            namespace: "nsp-acct".into(),
+            state: "up",
+            daemon_pid: Some(4242),
+            daemon_running: true,
+            namespace_exists: true,
+            tun_present: true,
+            programs: 2,
+            proxy: Some("p1 (socks5://10.0.0.1:1080)".into()),
+            policy: Some("/etc/nsproxy/policies".into()),
+            stats: Some(Snapshot {
+                flows_active: 3,
+                flows_pending: 1,
+                flows_opened: 40,
+                flows_refused_proxy: 2,
+                bytes_up: 100,
+                bytes_down: 2000,
+                dns_queries: 7,
+                flows_refused_rule: 1,
+                ..Default::default()
+            }),
+            active_proxy: Some("p1".into()),
+            egress_ip: Some("192.0.2.7".parse().unwrap()),
+            pool: vec![
+                ProxyStatus {
+                    label: "p1".into(),
+                    endpoint: "socks5://10.0.0.1:1080".into(),
+                    priority: 10,
+                    enabled: true,
+                    record: Record {
+                        last_egress_ip: Some("192.0.2.7".parse().unwrap()),
+                        ..record("p1", State::Active)
+                    },
+                },
+                ProxyStatus {
+                    label: "p2".into(),
+                    endpoint: "http://10.0.0.2:3128".into(),
+                    priority: 20,
+                    enabled: true,
+                    record: Record {
+                        burned_until: Some(10_000 + 3 * 3600),
+                        last_error: Some("HTTP status 403".into()),
+                        last_checked_at: None,
+                        ..record("p2", State::Burned)
+                    },
+                },
+                ProxyStatus {
+                    label: "p3".into(),
+                    endpoint: "socks5://10.0.0.3:1080".into(),
+                    priority: 30,
+                    enabled: false,
+                    record: record("p3", State::Standby),
+                },
+            ],
+            pool_error: None,
+        }
+    }
+
+    #[test]
+    fn status_text_of_an_account_that_is_up() {
+        let text = render(&[up_account()], 10_000);
+        let want = "\
+account:   acct
+  state:     up
+  namespace: nsp-acct (present)
+  daemon:    running, pid 4242
+  tun:       tun0
+  programs:  2
+  proxy:     p1 (socks5://10.0.0.1:1080)
+  policy:    /etc/nsproxy/policies
+  flows:     3 active, 1 connecting, 40 opened, refused: 2 by the proxy, 0 by limits, 0 stale fake IP
+  bytes:     100 up, 2000 down; DNS queries: 7
+  refused:   1 by rules, 0 with no usable proxy
+  egress IP: 192.0.2.7
+  pool:
+    LABEL            STATE      PRIO  ENDPOINT                       EGRESS IP        CHECKED      LAST ERROR
+    p1               active       10  socks5://10.0.0.1:1080         192.0.2.7        100s ago     -
+    p2               burned 3h left   20  http://10.0.0.2:3128           -                never        HTTP status 403
+    p3               disabled     30  socks5://10.0.0.3:1080         -                100s ago     -
+";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn status_text_of_an_account_that_is_down_with_a_broken_pool_file() {
+        let s = AccountStatus {
+            state: "down",
+            daemon_pid: None,
+            daemon_running: false,
+            namespace_exists: false,
+            tun_present: false,
+            programs: 0,
+            proxy: None,
+            stats: None,
+            active_proxy: None,
+            egress_ip: None,
+            pool: Vec::new(),
+            pool_error: Some("pool state /var/lib/nsproxy/acct/pool.json is corrupt: EOF".into()),
+            ..up_account()
+        };
+        let text = render(&[s], 10_000);
+        assert!(text.contains("  namespace: nsp-acct (absent)\n"), "{text}");
+        assert!(text.contains("  daemon:    not running\n"), "{text}");
+        assert!(text.contains("  tun:       absent (no route out)\n"), "{text}");
+        assert!(text.contains("  proxy:     -\n  policy:    /etc/nsproxy/policies\n  egress IP: -\n"), "{text}");
+        assert!(text.contains("  pool:      ERROR pool state /var/lib/nsproxy/acct/pool.json is corrupt: EOF\n"));
+        assert!(!text.contains("flows:") && !text.contains("LABEL"), "no counters or table when down: {text}");
+    }
+
+    #[test]
+    fn list_text_has_one_row_per_account() {
+        let down = AccountStatus { account: "b".into(), state: "down", daemon_pid: None, proxy: None, ..up_account() };
+        let text = render_list(&[up_account(), down]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ACCOUNT") && lines[0].ends_with("PROXY"));
+        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["acct", "up", "nsp-acct", "4242"]);
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["b", "down", "nsp-acct", "-", "-"]);
+    }
+
+    #[test]
+    fn ages_round_down_to_their_unit() {
+        assert_eq!(ago(119, "ago"), "119s ago");
+        assert_eq!(ago(120, "ago"), "2m ago");
+        assert_eq!(ago(7200, "left"), "2h left");
+        assert_eq!(ago(172_800, "left"), "2d left");
+    }
+}

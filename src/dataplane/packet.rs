@@ -5,7 +5,10 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr};
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
+};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Class<'a> {
@@ -148,50 +151,51 @@ pub fn udp_v4(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// An IPv4 TCP segment (checksums filled), as the program
+/// would send it: for tests of the classifier, the stack and the data
+/// plane (pure, like `udp_packet`).
+pub fn tcp_segment(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: *src.ip(),
+        dst_addr: *dst.ip(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.emit(&mut pkt, &caps);
+    let mut t = TcpPacket::new_unchecked(pkt.payload_mut());
+    tcp.emit(&mut t, &IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(*dst.ip()), &caps);
+    buf
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use smoltcp::wire::{IpAddress, TcpControl, TcpRepr, TcpSeqNumber};
-
-    /// An IPv4 TCP segment (checksums filled), for tests of the
-    /// classifier and the stack.
-    pub fn tcp_segment(
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        control: TcpControl,
-        seq: u32,
-        ack: Option<u32>,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: src.port(),
-            dst_port: dst.port(),
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-            window_len: 65535,
-            window_scale: None,
-            max_seg_size: if control == TcpControl::Syn { Some(1460) } else { None },
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: *src.ip(),
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.emit(&mut pkt, &caps);
-        let mut t = TcpPacket::new_unchecked(pkt.payload_mut());
-        tcp.emit(&mut t, &IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(*dst.ip()), &caps);
-        buf
-    }
+    use smoltcp::wire::TcpControl;
 
     fn tcp_v4(src: SocketAddrV4, dst: SocketAddrV4, control: TcpControl, ack: bool) -> Vec<u8> {
         tcp_segment(src, dst, control, 1000, ack.then_some(1), &[])

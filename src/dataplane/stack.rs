@@ -253,7 +253,7 @@ mod tests {
     const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 443);
 
     fn seg(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
-        crate::dataplane::packet::tests::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
+        crate::dataplane::packet::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
     }
 
     /// (rst, syn, ack, seq, ack_number, payload) of an emitted segment.

@@ -25,6 +25,10 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The pool's clock in Unix seconds (burns are saved as Unix times): the
+/// system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Pool-wide counters.
 #[derive(Debug, Default)]
 pub struct PoolCounters {
@@ -53,15 +57,26 @@ pub struct PoolHandle {
     pub(super) service: Mutex<Option<ServiceStatus>>,
     /// Fleet mode: where flows through the `service` member are reported.
     pub(super) feedback: std::sync::OnceLock<FeedbackSink>,
+    clock: Clock,
 }
 
 impl PoolHandle {
     /// Loads the saved pool state (a corrupt file is an error: the daemon
     /// does not start) and resolves each member's credentials.
     pub fn open(paths: &Paths, account: &Account, creds: Vec<Option<Creds>>) -> Result<Arc<PoolHandle>, StoreError> {
+        PoolHandle::open_with_clock(paths, account, creds, Arc::new(unix_now))
+    }
+
+    /// `open` with the clock given (tests drive it with tokio's paused one).
+    pub fn open_with_clock(
+        paths: &Paths,
+        account: &Account,
+        creds: Vec<Option<Creds>>,
+        clock: Clock,
+    ) -> Result<Arc<PoolHandle>, StoreError> {
         let store = Store::new(paths, &account.name);
         let saved = store.load()?;
-        let (pool, events) = Pool::new(account, saved, unix_now());
+        let (pool, events) = Pool::new(account, saved, clock());
         let upstreams = account
             .proxies
             .iter()
@@ -83,6 +98,7 @@ impl PoolHandle {
             all_down: false.into(),
             service: Mutex::new(None),
             feedback: std::sync::OnceLock::new(),
+            clock,
         });
         // The manager picks the first active proxy itself when it starts.
         h.apply(events.into_iter().filter(|e| !matches!(e, Event::NeedFailover { .. })).collect());
@@ -100,6 +116,11 @@ impl PoolHandle {
         let mut map = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
         let counters = map.get(&up.entry.label).map(|(_, c)| c.clone()).unwrap_or_default();
         map.insert(up.entry.label.clone(), (Arc::new(up), counters));
+    }
+
+    /// Now, in Unix seconds, by the pool's clock.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Pool> {
@@ -131,7 +152,7 @@ impl PoolHandle {
             let shown = format!("#{} ({rule})", i + 1);
             return match &rule.action {
                 Action::Block => Err(Refusal::Blocked { rule: shown }),
-                Action::Via(label) => match self.lock().usable(label, unix_now()) {
+                Action::Via(label) => match self.lock().usable(label, self.now()) {
                     Ok(()) => self.route_to(label, true).ok_or(Refusal::NoActive),
                     Err(why) => Err(Refusal::RuleTargetUnusable { rule: shown, label: label.clone(), why }),
                 },
@@ -152,11 +173,11 @@ impl PoolHandle {
         let events = match result {
             Ok(()) => {
                 route.counters.flows.fetch_add(1, Relaxed);
-                self.lock().success(label, false, unix_now())
+                self.lock().success(label, false, self.now())
             }
             Err(e) if e.is_proxy_level() => {
                 route.counters.failures.fetch_add(1, Relaxed);
-                self.lock().failure(label, &e.to_string(), false, unix_now())
+                self.lock().failure(label, &e.to_string(), false, self.now())
             }
             Err(_) => Vec::new(), // the destination's fault, not the proxy's
         };

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::handle::{PoolHandle, ProxyCounters, unix_now};
+use super::handle::{PoolHandle, ProxyCounters};
 use super::service::Fleet;
 use super::state::{Event, Reason};
 use crate::config::{Account, EgressCheck, HealthCheck};
@@ -93,12 +93,12 @@ impl Manager {
     pub(super) async fn check_active(&self, label: &str) -> Result<Duration, CheckError> {
         let r = self.check(label).await;
         let ev = match &r {
-            Ok(_) => self.h.lock().success(label, true, unix_now()),
+            Ok(_) => self.h.lock().success(label, true, self.h.now()),
             Err(e) if e.is_local() => {
                 tracing::warn!(account = %self.h.account, proxy = %label, error = %e, "health check not counted: this host is out of resources");
                 Vec::new()
             }
-            Err(e) => self.h.lock().failure(label, &e.to_string(), false, unix_now()),
+            Err(e) => self.h.lock().failure(label, &e.to_string(), false, self.h.now()),
         };
         self.commit(ev);
         r
@@ -112,7 +112,7 @@ impl Manager {
         let r = probe::egress_ip(&up, &cfg.url, cfg.timeout).await;
         Some(match r {
             Ok(ip) => {
-                let ev = self.h.lock().egress(label, ip, unix_now());
+                let ev = self.h.lock().egress(label, ip, self.h.now());
                 self.commit(ev);
                 Ok(ip)
             }
@@ -133,8 +133,8 @@ impl Manager {
                 Ok(_) => {
                     let ev = {
                         let mut p = self.h.lock();
-                        let mut ev = p.success(label, true, unix_now());
-                        ev.extend(p.activate(label, reason, unix_now()));
+                        let mut ev = p.success(label, true, self.h.now());
+                        ev.extend(p.activate(label, reason, self.h.now()));
                         ev
                     };
                     self.commit(ev);
@@ -148,7 +148,7 @@ impl Manager {
                 }
                 Err(e) => {
                     if !e.is_local() {
-                        let ev = self.h.lock().failure(label, &e.to_string(), true, unix_now());
+                        let ev = self.h.lock().failure(label, &e.to_string(), true, self.h.now());
                         self.commit(ev);
                     }
                     errors.push(format!("{label}: {e}"));
@@ -160,7 +160,7 @@ impl Manager {
 
     /// No active proxy: check candidates until one passes.
     async fn failover(&self, reason: Reason) {
-        let targets = self.h.lock().candidates(unix_now());
+        let targets = self.h.lock().candidates(self.h.now());
         match self.switch(&targets, reason).await {
             Ok(_) => {}
             Err(errors) => {
@@ -180,7 +180,7 @@ impl Manager {
     /// The periodic round: expire burns, check the active proxy, retry an
     /// empty pool, try failback.
     async fn tick(&self) {
-        let ev = self.h.lock().expire_burns(unix_now());
+        let ev = self.h.lock().expire_burns(self.h.now());
         if !ev.is_empty() {
             self.commit(ev);
         }
@@ -192,7 +192,7 @@ impl Manager {
             Some(_) => {}
             None => self.failover(Reason::Failover).await,
         }
-        let candidate = self.h.lock().failback_candidate(unix_now());
+        let candidate = self.h.lock().failback_candidate(self.h.now());
         if let Some(better) = candidate
             && self.h.lock().active().is_some()
         {
@@ -201,7 +201,7 @@ impl Manager {
     }
 
     async fn rotate(&self, to: Option<String>, burn: bool, burn_for: Option<u64>, reset_flows: bool) -> Response {
-        let now = unix_now();
+        let now = self.h.now();
         let from = self.h.lock().active().map(str::to_string);
         let burn = burn.then(|| burn_for.map(|s| now.saturating_add(s)));
         let planned = self.h.lock().plan_rotation(to.as_deref(), burn, now);

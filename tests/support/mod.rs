@@ -1,0 +1,2 @@
+//! Helpers for the tests that need no root.
+pub mod socks;
