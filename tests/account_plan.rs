@@ -176,7 +176,7 @@ fn down_refuses_while_programs_run_unless_told_to_kill_them() {
     host.netns_create("nsp-acct").unwrap();
     host.add_program("nsp-acct", 4242);
     let plan = AccountPlan::known(host.paths(), "acct", || None);
-    let e = plan.teardown(&host, false).err().expect("refused");
+    let e = plan.teardown(&host, false).expect_err("refused");
     let msg = format!("{e:#}");
     assert!(msg.contains("pids 4242") && msg.contains("--kill"), "{msg}");
     assert!(host.netns_exists("nsp-acct"), "nothing removed when refused");
