@@ -59,6 +59,23 @@ fn saved(paths: &Paths) -> String {
     std::fs::read_to_string(paths.state_dir("acct").join("pool.json")).expect("pool.json written")
 }
 
+/// The manager task on `h`, and how to reach and stop it.
+struct Running {
+    orders: mpsc::Sender<manager::OrderCall>,
+    chosen: oneshot::Receiver<()>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(h: &Arc<PoolHandle>, a: &nsproxy::config::Account) -> Running {
+    let (orders, orders_rx) = mpsc::channel(4);
+    let (chosen_tx, chosen) = oneshot::channel();
+    let stop = CancellationToken::new();
+    let cfg = ManagerConfig::from_account(a);
+    let task = tokio::spawn(manager::manage(h.clone(), cfg, orders_rx, chosen_tx, None, stop.clone()));
+    Running { orders, chosen, stop, task }
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn failover_failback_rotation_and_burn_expiry_follow_the_clock() {
     let (dir, paths) = temp_paths("cycle");
@@ -68,17 +85,7 @@ async fn failover_failback_rotation_and_burn_expiry_follow_the_clock() {
     let t0 = tokio::time::Instant::now();
     let clock: nsproxy::pool::handle::Clock = Arc::new(move || base + t0.elapsed().as_secs());
     let h = PoolHandle::open_with_clock(&paths, &a, vec![None, None], clock).expect("open pool");
-    let (orders_tx, orders_rx) = mpsc::channel(4);
-    let (chosen_tx, chosen_rx) = oneshot::channel();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(manager::manage(
-        h.clone(),
-        ManagerConfig::from_account(&a),
-        orders_rx,
-        chosen_tx,
-        None,
-        stop.clone(),
-    ));
+    let Running { orders: orders_tx, chosen: chosen_rx, stop, task } = start(&h, &a);
 
     // Start: the best candidate that passes its check.
     chosen_rx.await.expect("first choice made");
@@ -139,17 +146,7 @@ async fn every_proxy_down_refuses_until_one_passes_a_check() {
     p2.set_up(false);
     let a = account(&p1, &p2);
     let h = PoolHandle::open(&paths, &a, vec![None, None]).expect("open pool");
-    let (_orders_tx, orders_rx) = mpsc::channel(4);
-    let (chosen_tx, chosen_rx) = oneshot::channel();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(manager::manage(
-        h.clone(),
-        ManagerConfig::from_account(&a),
-        orders_rx,
-        chosen_tx,
-        None,
-        stop.clone(),
-    ));
+    let Running { orders: _orders, chosen: chosen_rx, stop, task } = start(&h, &a);
     chosen_rx.await.expect("first choice made, even if none passed");
     assert_eq!(h.lock().active(), None);
     assert!(h.all_down.load(std::sync::atomic::Ordering::Relaxed));

@@ -182,5 +182,9 @@ fn exec_inner(account: &str, asked: &Asked<'_>, cmd: &[OsString]) -> Result<std:
         return Err(ExecError::Overrides(account.into()));
     }
     let user = target_user(&state, asked.user)?;
-    Ok(crate::host::exec::enter_and_exec(host.paths(), account, &state, &user, cmd)?)
+    match crate::host::exec::enter_and_exec(host.paths(), account, &state, &user, cmd) {
+        Ok(never) => match never {},
+        Err(EnterError::UnknownUser(u)) => Err(ExecError::UnknownUser(u)),
+        Err(e) => Err(e.into()),
+    }
 }

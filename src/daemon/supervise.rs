@@ -111,7 +111,13 @@ pub async fn supervise(s: Started, shutdown: impl Future<Output = ()>, ready: im
     let dns = match (account.dns.mode, account.dns.resolver) {
         (DnsMode::Tcp, Some(resolver)) => {
             tracing::info!(account = %name, resolver = %resolver, "DNS: forwarded over TCP through the proxy");
-            DnsServer::Forward(crate::dns::forward::Forwarder::start(pool.clone(), resolver, names.clone(), &tasks))
+            DnsServer::Forward(crate::dns::forward::Forwarder::start(
+                pool.clone(),
+                resolver,
+                names.clone(),
+                &tasks,
+                flows_stop.clone(),
+            ))
         }
         _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&plan.run.fakeip_path(), &name))),
     };

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::cache::{Cache, Key};
@@ -43,16 +44,23 @@ fn servfail(q: &Query) -> Vec<u8> {
 
 impl Forwarder {
     /// Starts the forwarding task on `tasks`; it ends when the forwarder is
-    /// dropped.
+    /// dropped or `stop` is cancelled.
     pub fn start(
         pool: Arc<dyn Router>,
         resolver: SocketAddr,
         names: Option<Arc<Mutex<Names>>>,
         tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> Forwarder {
         let (tx, rx) = mpsc::channel(1024);
         let cache = Arc::new(Mutex::new(Cache::new(10_000)));
-        tasks.spawn(run(pool, resolver, rx, cache.clone(), names.clone()));
+        let work = run(pool, resolver, rx, cache.clone(), names.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = work => {}
+            }
+        });
         Forwarder { tx, cache, names }
     }
 

@@ -104,7 +104,7 @@ impl Upstream {
         let proxy = self.name();
         let e = &self.entry;
         // Port 0: the proxy service's member before the service has handed
-        // out a proxy (`engine::pool::fleet::placeholder_entry`).
+        // out a proxy (`pool::service::placeholder_entry`).
         if e.port == 0 {
             return Err(ProxyError::Connect {
                 proxy,
