@@ -15,14 +15,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::plan::{AccountPlan, Claim};
 use super::{ON_EXIT, Started, control, notify, publish};
+use crate::config::Account;
 use crate::config::{DnsMode, MetricsListen};
 use crate::dataplane::{Dataplane, Limits, Parts};
 use crate::dns::names::Names;
 use crate::dns::server::{DnsServer, FakeDns};
+use crate::fleet::client::ServiceClient;
 use crate::host::Host;
+use crate::pool::PoolHandle;
 use crate::pool::manager::{self, ManagerConfig};
 use crate::pool::service::{Fleet, send_feedback};
+use std::os::fd::OwnedFd;
 
 /// How long `up` may wait for the pool's first choice: it waits 30 s for
 /// READY, and the manager goes on after this (flows are refused until a
@@ -44,7 +49,7 @@ pub fn serve(host: &dyn Host, s: Started, ready: impl FnOnce()) -> anyhow::Resul
         .build()
         .with_context(|| format!("account {name}: cannot start runtime"))?;
     let plan = s.plan.clone();
-    let res = rt.block_on(async {
+    let (res, claim) = rt.block_on(async {
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
         supervise(s, shutdown_signal(), ready).await
     });
@@ -54,6 +59,9 @@ pub fn serve(host: &dyn Host, s: Started, ready: impl FnOnce()) -> anyhow::Resul
     for e in plan.release(host, ON_EXIT) {
         tracing::warn!(account = %name, error = %e, "cleanup at exit");
     }
+    // The lock goes last: a daemon started after this one must find its
+    // own pid file untouched.
+    drop(claim);
     res
 }
 
@@ -66,9 +74,27 @@ async fn until(stop: CancellationToken, fut: impl Future<Output = ()>) {
 }
 
 /// The services and the data plane of one started account, until
-/// `shutdown` resolves (or the TUN fails).
-pub async fn supervise(s: Started, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> anyhow::Result<()> {
-    let Started { account, plan, pool, fleet, tun, claim: _claim } = s;
+/// `shutdown` resolves (or the TUN fails). Hands the claim (the account's
+/// lock) back, to be released after the run files.
+pub async fn supervise(
+    s: Started,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> (anyhow::Result<()>, Claim) {
+    let Started { account, plan, pool, fleet, tun, claim } = s;
+    let res = run(account, plan, pool, fleet, tun, shutdown, ready).await;
+    (res, claim)
+}
+
+async fn run(
+    account: Account,
+    plan: AccountPlan,
+    pool: Arc<PoolHandle>,
+    fleet: Option<Arc<ServiceClient>>,
+    tun: OwnedFd,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     let name = account.name.clone();
     raise_nofile();
     let services_stop = CancellationToken::new();
