@@ -108,6 +108,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lift the burn of one proxy (found by a check, or by `rotate --burn`): it is a standby again.
+    Unburn {
+        account: String,
+        /// The proxy's label.
+        label: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Health-check the active proxy and fetch its egress IP now.
     Check {
         account: String,

@@ -80,6 +80,7 @@ fn main() -> ExitCode {
             commands::rotate(account, r, *json)
         }
         Command::Check { account, json } => commands::check(account, *json),
+        Command::Unburn { account, label, json } => commands::unburn(account, label, *json),
         Command::Policy { command: PolicyCommand::Check { path } } => {
             let p = match path {
                 Some(p) => nsproxy::config::Policy { path: p.clone(), ..policy },

@@ -9,6 +9,7 @@ const RANKS: &[(&str, u32)] = &[
     ("published", 0),
     ("rules", 0),
     ("secrets::fernet", 0),
+    ("proxy::verdict", 0),
     ("cli", 0),
     ("config", 1),
     ("secrets", 2),

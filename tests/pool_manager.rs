@@ -71,7 +71,7 @@ fn start(h: &Arc<PoolHandle>, a: &nsproxy::config::Account) -> Running {
     let (orders, orders_rx) = mpsc::channel(4);
     let (chosen_tx, chosen) = oneshot::channel();
     let stop = CancellationToken::new();
-    let cfg = ManagerConfig::from_account(a);
+    let cfg = ManagerConfig::new(a).expect("checks");
     let task = tokio::spawn(manager::manage(h.clone(), cfg, orders_rx, chosen_tx, None, stop.clone()));
     Running { orders, chosen, stop, task }
 }

@@ -40,7 +40,7 @@ pub struct RotateArgs {
 
 /// Sends a control request to the account's running daemon.
 fn control(account: &str, req: &Request, json: bool) -> anyhow::Result<()> {
-    require_root("rotate/check")?;
+    require_root("rotate/check/unburn")?;
     let rd = RunDir::new(host().paths(), account);
     if !rd.daemon_alive() {
         bail!("account {account} is not up (no daemon running): run `nsproxy up {account}` first");
@@ -69,4 +69,8 @@ pub fn rotate(account: &str, a: RotateArgs, json: bool) -> anyhow::Result<()> {
 
 pub fn check(account: &str, json: bool) -> anyhow::Result<()> {
     control(account, &Request::Check, json)
+}
+
+pub fn unburn(account: &str, label: &str, json: bool) -> anyhow::Result<()> {
+    control(account, &Request::Unburn { label: label.to_string() }, json)
 }

@@ -11,7 +11,7 @@ pub mod up;
 
 use anyhow::bail;
 
-pub use control::{RotateArgs, check, rotate};
+pub use control::{RotateArgs, check, rotate, unburn};
 pub use down::down;
 pub use policy::{policy_check, policy_show};
 pub use status::{list, status};

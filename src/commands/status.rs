@@ -252,7 +252,10 @@ pub fn render(list: &[AccountStatus], now: u64) -> String {
                     p.endpoint,
                     r.last_egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
                     r.last_checked_at.map(|t| ago(now.saturating_sub(t), "ago")).unwrap_or_else(|| "never".into()),
-                    r.last_error.as_deref().unwrap_or("-")
+                    match (r.state, &r.burn_reason) {
+                        (State::Burned, Some(why)) => why.as_str(),
+                        _ => r.last_error.as_deref().unwrap_or("-"),
+                    }
                 );
             }
         }
@@ -350,7 +353,8 @@ mod tests {
                     enabled: true,
                     record: Record {
                         burned_until: Some(10_000 + 3 * 3600),
-                        last_error: Some("HTTP status 403".into()),
+                        last_error: Some("connection refused".into()),
+                        burn_reason: Some("check binance: HTTP status 403".into()),
                         last_checked_at: None,
                         ..record("p2", State::Burned)
                     },
@@ -386,7 +390,7 @@ account:   acct
   pool:
     LABEL            STATE      PRIO  ENDPOINT                       EGRESS IP        CHECKED      LAST ERROR
     p1               active       10  socks5://10.0.0.1:1080         192.0.2.7        100s ago     -
-    p2               burned 3h left   20  http://10.0.0.2:3128           -                never        HTTP status 403
+    p2               burned 3h left   20  http://10.0.0.2:3128           -                never        check binance: HTTP status 403
     p3               disabled     30  socks5://10.0.0.3:1080         -                100s ago     -
 ";
         assert_eq!(text, want);

@@ -188,22 +188,66 @@ impl Limits {
     }
 }
 
-/// A plain `http://host[:port]/path` URL, fetched through a proxy.
+/// An `http://` or `https://host[:port]/path` URL, fetched through a
+/// proxy (for https, the TLS session runs inside the proxied connection).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpUrl {
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
 }
 
+impl HttpUrl {
+    pub fn default_port(&self) -> u16 {
+        if self.tls { 443 } else { 80 }
+    }
+}
+
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == 80 {
-            write!(f, "http://{host}{}", self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.port == self.default_port() {
+            write!(f, "{scheme}://{host}{}", self.path)
         } else {
-            write!(f, "http://{host}:{}{}", self.port, self.path)
+            write!(f, "{scheme}://{host}:{}{}", self.port, self.path)
         }
+    }
+}
+
+/// The request method of an HTTP check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckMethod {
+    Get,
+    Head,
+}
+
+/// Which answers of an HTTP check mean the exchange refuses the IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BurnOn {
+    pub status: Vec<u16>,
+    /// Substrings, or `/regex/`.
+    pub body: Vec<String>,
+}
+
+/// An extra request header of a check. Only its name is ever shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: <hidden>", self.name)
+    }
+}
+
+impl Serialize for Header {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}: <hidden>", self.name))
     }
 }
 
@@ -231,6 +275,17 @@ pub struct PoolPolicy {
     /// Switch back to a recovered proxy of better priority (default: stay
     /// on the current one, trading sessions dislike IP changes).
     pub failback: bool,
+    /// What a burn found by a check does to the flows already open.
+    pub on_burn: OnBurn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBurn {
+    /// Open flows stay on the burned proxy until they end.
+    KeepFlows,
+    /// Open flows are reset, so programs reconnect through the new proxy.
+    ResetFlows,
 }
 
 /// Where the visible egress address is fetched from.
@@ -239,6 +294,8 @@ pub struct EgressCheck {
     pub url: HttpUrl,
     #[serde(with = "secs")]
     pub timeout: Duration,
+    /// Extra trusted CA certificates for an https URL (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How nsproxy proves itself to the proxy service.
@@ -315,6 +372,18 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub target: HealthTarget,
     pub failures_before_unhealthy: u32,
+    /// Shown in logs and `check` (default: the target's host).
+    pub name: String,
+    pub method: CheckMethod,
+    pub headers: Vec<Header>,
+    /// Statuses that pass; empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub burn_on: BurnOn,
+    /// How long a burn lasts without `Retry-After`; None: for good.
+    #[serde(with = "opt_secs")]
+    pub burn_for: Option<Duration>,
+    /// Extra trusted CA certificates for https targets (PEM).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -351,7 +420,9 @@ pub struct Account {
     pub udp: UdpMode,
     pub mtu: u32,
     pub limits: Limits,
-    pub health_check: Option<HealthCheck>,
+    /// Every check of the active proxy (one per exchange, say); empty: none.
+    #[serde(rename = "health_check")]
+    pub health_checks: Vec<HealthCheck>,
     pub pool: PoolPolicy,
     pub egress_check: Option<EgressCheck>,
     /// Per-destination overrides, first match wins.
@@ -374,7 +445,7 @@ impl Account {
     /// Consecutive proxy-level failures (flows or health checks) after
     /// which a proxy is unhealthy.
     pub fn failure_threshold(&self) -> u32 {
-        self.health_check.as_ref().map(|h| h.failures_before_unhealthy).unwrap_or(3)
+        self.health_checks.iter().map(|h| h.failures_before_unhealthy).min().unwrap_or(3)
     }
 }
 
@@ -415,6 +486,17 @@ mod secs {
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod opt_secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_str("forever"),
+        }
     }
 }
 

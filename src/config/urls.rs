@@ -103,12 +103,15 @@ pub(crate) fn host_port(s: &str, default: Option<u16>) -> Result<(String, u16), 
     Ok((host.to_string(), port))
 }
 
-/// `http://host[:port][/path]`. HTTPS is not fetched (no TLS client yet).
+/// `http://host[:port][/path]` or `https://host[:port][/path]`.
 pub fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
-    if u.starts_with("https://") {
-        return Err(format!("{u:?}: https is not supported here yet; use an http:// URL"));
-    }
-    let rest = u.strip_prefix("http://").ok_or_else(|| format!("expected an http:// URL, got {u:?}"))?;
+    let (tls, rest) = if let Some(r) = u.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = u.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("expected an http:// or https:// URL, got {u:?}"));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -119,8 +122,8 @@ pub fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
     if path.chars().any(|c| c.is_ascii_control() || c == ' ') || path.contains('#') {
         return Err(format!("{u:?}: invalid path"));
     }
-    let (host, port) = host_port(authority, Some(80)).map_err(|e| format!("{u:?}: {e}"))?;
-    Ok(HttpUrl { host, port, path: path.to_string() })
+    let (host, port) = host_port(authority, Some(if tls { 443 } else { 80 })).map_err(|e| format!("{u:?}: {e}"))?;
+    Ok(HttpUrl { tls, host, port, path: path.to_string() })
 }
 
 /// `host:port` (TCP) or `unix:/absolute/path`.

@@ -50,6 +50,7 @@ pub async fn dispatch(mut calls: mpsc::Receiver<Call>, orders: mpsc::Sender<Orde
                 Order::Rotate { to, burn, burn_for_secs, reset_flows }
             }
             Request::Check => Order::Check,
+            Request::Unburn { label } => Order::Unburn { label },
             Request::ExecRefused { caller, user, reason } => {
                 tracing::warn!(account = %account, caller = %caller, user = %user, reason = %reason, "exec refused");
                 let _ = reply.send(Response::ok("logged", serde_json::Value::Null));

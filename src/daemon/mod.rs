@@ -20,6 +20,7 @@ use crate::config::{self, Account, plan as addr};
 use crate::fleet::client::ServiceClient;
 use crate::host::{Host, Linux};
 use crate::pool::PoolHandle;
+use crate::pool::manager::ManagerConfig;
 use crate::published::state::State;
 use crate::secrets::{self, Creds};
 use plan::{AccountPlan, Claim, Resource};
@@ -66,6 +67,8 @@ pub struct Started {
     pub fleet: Option<Arc<ServiceClient>>,
     pub tun: OwnedFd,
     pub claim: Claim,
+    /// The pool manager's checks, ready to run.
+    pub checks: ManagerConfig,
 }
 
 /// Loads the account and its credentials, claims it, opens the pool and
@@ -88,6 +91,8 @@ pub fn start_with(
     creds: Vec<Option<Creds>>,
     policy: &config::Policy,
 ) -> anyhow::Result<Started> {
+    // The checks' TLS trust (a bad ca_file keeps the account down).
+    let checks = ManagerConfig::new(&account).map_err(|e| anyhow!("account {}: {e}", account.name))?;
     let plan = AccountPlan::new(host.paths(), &account);
     let mut claim = plan.claim()?;
     // The saved pool state (burns): a corrupt file stops the start here.
@@ -120,7 +125,7 @@ pub fn start_with(
         Ok(tun)
     });
     match applied {
-        Ok(tun) => Ok(Started { account, plan, pool, fleet, tun, claim }),
+        Ok(tun) => Ok(Started { account, plan, pool, fleet, tun, claim, checks }),
         Err(e) => {
             plan.rollback(host, claim);
             Err(e)

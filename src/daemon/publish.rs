@@ -76,6 +76,7 @@ pub fn collect(pool: &PoolHandle, dp: &Observer, dns_mode: &str) -> Figures {
         stats: dp.snapshot(),
         failovers: pool.counters.failovers.load(Relaxed),
         rotations: pool.counters.rotations.load(Relaxed),
+        burns: pool.counters.burns.load(Relaxed),
         all_down: pool.all_down.load(Relaxed),
         active: p.active().map(str::to_string),
         proxies,

@@ -81,20 +81,23 @@ pub async fn supervise(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> (anyhow::Result<()>, Claim) {
-    let Started { account, plan, pool, fleet, tun, claim } = s;
-    let res = run(account, plan, pool, fleet, tun, shutdown, ready).await;
+    let Started { account, plan, pool, fleet, tun, claim, checks } = s;
+    let res = run(Service { account, plan, pool, fleet, tun, checks }, shutdown, ready).await;
     (res, claim)
 }
 
-async fn run(
+/// A started account without its claim.
+struct Service {
     account: Account,
     plan: AccountPlan,
     pool: Arc<PoolHandle>,
     fleet: Option<Arc<ServiceClient>>,
     tun: OwnedFd,
-    shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(),
-) -> anyhow::Result<()> {
+    checks: ManagerConfig,
+}
+
+async fn run(s: Service, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> anyhow::Result<()> {
+    let Service { account, plan, pool, fleet, tun, checks } = s;
     let name = account.name.clone();
     raise_nofile();
     let services_stop = CancellationToken::new();
@@ -123,14 +126,7 @@ async fn run(
         _ => None,
     };
     let (chosen_tx, chosen_rx) = oneshot::channel();
-    services.spawn(manager::manage(
-        pool.clone(),
-        ManagerConfig::from_account(&account),
-        orders_rx,
-        chosen_tx,
-        fleet,
-        services_stop.clone(),
-    ));
+    services.spawn(manager::manage(pool.clone(), checks, orders_rx, chosen_tx, fleet, services_stop.clone()));
 
     // DNS and the data plane.
     let names = (account.dns.mode == DnsMode::Tcp && pool.has_rules()).then(|| Arc::new(Mutex::new(Names::new(65536))));

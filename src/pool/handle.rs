@@ -34,6 +34,8 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct PoolCounters {
     pub failovers: AtomicU64,
     pub rotations: AtomicU64,
+    /// Burns found by checks (manual ones are rotations).
+    pub burns: AtomicU64,
 }
 /// A pool member's proxy and its counters.
 type Member = (Arc<Upstream>, Arc<ProxyCounters>);

@@ -3,21 +3,22 @@
 //! burns, fails back, refreshes the proxy service's allocation (fleet
 //! mode), and carries out the daemon's `rotate` and `check` orders.
 
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::checks::{Fail, Which};
 use super::handle::{PoolHandle, ProxyCounters};
 use super::service::Fleet;
 use super::state::{Event, Reason};
-use crate::config::{Account, EgressCheck, HealthCheck};
+use crate::config::{Account, OnBurn};
 use crate::proxy::Upstream;
-use crate::proxy::probe::{self, CheckError};
+use crate::proxy::probe::{EgressProbe, Probe};
 use crate::published::control::Response;
 
 /// What the daemon asks of the manager (from the control socket).
@@ -27,6 +28,8 @@ pub enum Order {
     Rotate { to: Option<String>, burn: bool, burn_for_secs: Option<u64>, reset_flows: bool },
     /// Health and egress check of the active proxy now (`nsproxy check`).
     Check,
+    /// Lift a burn (`nsproxy unburn`).
+    Unburn { label: String },
 }
 
 /// An order with the channel its answer goes back on.
@@ -34,28 +37,39 @@ pub type OrderCall = (Order, oneshot::Sender<Response>);
 
 /// What the manager needs from the policy.
 pub struct ManagerConfig {
-    pub health: Option<HealthCheck>,
-    pub egress: Option<EgressCheck>,
+    /// The health checks, ready to run (TLS trust built).
+    pub probes: Vec<Probe>,
+    pub egress: Option<EgressProbe>,
+    /// `pool.on_burn: reset-flows`.
+    pub reset_flows_on_burn: bool,
 }
 
 impl ManagerConfig {
-    pub fn from_account(a: &Account) -> ManagerConfig {
-        ManagerConfig { health: a.health_check.clone(), egress: a.egress_check.clone() }
+    /// Fails on a check whose TLS trust cannot be built (a bad `ca_file`),
+    /// naming the check.
+    pub fn new(a: &Account) -> Result<ManagerConfig, String> {
+        let probes = a
+            .health_checks
+            .iter()
+            .map(|c| Probe::new(c).map_err(|e| format!("health_check {}: {e}", c.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress =
+            a.egress_check.as_ref().map(EgressProbe::new).transpose().map_err(|e| format!("egress_check: {e}"))?;
+        Ok(ManagerConfig { probes, egress, reset_flows_on_burn: a.pool.on_burn == OnBurn::ResetFlows })
     }
 
-    /// How often the active proxy is checked and an empty pool retried.
+    /// How often the active proxy is checked and an empty pool retried:
+    /// the shortest interval of the checks.
     pub(super) fn interval(&self) -> Duration {
-        self.health.as_ref().map(|h| h.interval).unwrap_or(Duration::from_secs(30))
-    }
-
-    fn check_timeout(&self, up: &Upstream) -> Duration {
-        self.health.as_ref().map(|h| h.timeout).unwrap_or(up.entry.connect_timeout)
+        self.probes.iter().map(|p| p.check.interval).min().unwrap_or(Duration::from_secs(30))
     }
 }
 
 pub(super) struct Manager {
     pub(super) h: Arc<PoolHandle>,
     pub(super) cfg: ManagerConfig,
+    /// When each check of the active proxy is next due.
+    due: Mutex<Vec<Instant>>,
 }
 
 impl Manager {
@@ -68,59 +82,19 @@ impl Manager {
         self.h.persist();
     }
 
-    /// One health check through `label`, recorded in the pool.
-    async fn check(&self, label: &str) -> Result<Duration, CheckError> {
-        let Some((up, c)) = self.upstream(label) else {
-            return Err(CheckError::Bad { what: "check".into(), reason: format!("unknown proxy {label}") });
-        };
-        let target = self.cfg.health.as_ref().map(|h| &h.target);
-        let r = probe::check(&up, target, self.cfg.check_timeout(&up)).await;
-        match &r {
-            Ok(lat) => {
-                c.checks_ok.fetch_add(1, Relaxed);
-                c.check_latency_us.fetch_add(lat.as_micros() as u64, Relaxed);
-            }
-            Err(e) => {
-                c.checks_failed.fetch_add(1, Relaxed);
-                tracing::debug!(account = %self.h.account, proxy = %label, error = %e, "health check failed");
+    /// The checks of the active proxy due now (all of them when there is
+    /// one interval), and when each is due next.
+    fn due_now(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = Vec::new();
+        for (i, p) in self.cfg.probes.iter().enumerate() {
+            if due[i] <= now + Duration::from_millis(50) {
+                v.push(i);
+                due[i] = now + p.check.interval;
             }
         }
-        r
-    }
-
-    /// A health check of the active proxy `label`, counted towards its
-    /// failure threshold (a failure at the threshold triggers failover).
-    pub(super) async fn check_active(&self, label: &str) -> Result<Duration, CheckError> {
-        let r = self.check(label).await;
-        let ev = match &r {
-            Ok(_) => self.h.lock().success(label, true, self.h.now()),
-            Err(e) if e.is_local() => {
-                tracing::warn!(account = %self.h.account, proxy = %label, error = %e, "health check not counted: this host is out of resources");
-                Vec::new()
-            }
-            Err(e) => self.h.lock().failure(label, &e.to_string(), false, self.h.now()),
-        };
-        self.commit(ev);
-        r
-    }
-
-    /// Fetches and records the egress IP through `label` (when the policy
-    /// has an echo URL). A pinned-address mismatch makes it unhealthy.
-    async fn egress(&self, label: &str) -> Option<Result<IpAddr, String>> {
-        let cfg = self.cfg.egress.as_ref()?;
-        let (up, _) = self.upstream(label)?;
-        let r = probe::egress_ip(&up, &cfg.url, cfg.timeout).await;
-        Some(match r {
-            Ok(ip) => {
-                let ev = self.h.lock().egress(label, ip, self.h.now());
-                self.commit(ev);
-                Ok(ip)
-            }
-            Err(e) => {
-                tracing::warn!(account = %self.h.account, proxy = %label, error = %e, "egress IP check failed");
-                Err(e.to_string())
-            }
-        })
+        v
     }
 
     /// Checks `targets` in order; the first that passes (and shows the
@@ -129,7 +103,7 @@ impl Manager {
     pub(super) async fn switch(&self, targets: &[String], reason: Reason) -> Result<String, Vec<String>> {
         let mut errors = Vec::new();
         for label in targets {
-            match self.check(label).await {
+            match self.check(label, Which::All).await {
                 Ok(_) => {
                     let ev = {
                         let mut p = self.h.lock();
@@ -146,12 +120,15 @@ impl Manager {
                     }
                     errors.push(format!("{label}: egress IP check failed"));
                 }
-                Err(e) => {
-                    if !e.is_local() {
-                        let ev = self.h.lock().failure(label, &e.to_string(), true, self.h.now());
-                        self.commit(ev);
-                    }
-                    errors.push(format!("{label}: {e}"));
+                Err(Fail::Burned { check, reason, until }) => {
+                    self.burn(label, &check, &reason, until);
+                    errors.push(format!("{label}: burned by check {check}: {reason}"));
+                }
+                Err(Fail::Error(e)) if e.is_local() => errors.push(format!("{label}: {e}")),
+                Err(f) => {
+                    let ev = self.h.lock().failure(label, &f.to_string(), true, self.h.now());
+                    self.commit(ev);
+                    errors.push(format!("{label}: {f}"));
                 }
             }
         }
@@ -186,8 +163,11 @@ impl Manager {
         }
         let active = self.h.lock().active().map(str::to_string);
         match active {
-            Some(label) if self.cfg.health.is_some() => {
-                let _ = self.check_active(&label).await;
+            Some(label) if !self.cfg.probes.is_empty() => {
+                let due = self.due_now();
+                if !due.is_empty() {
+                    let _ = self.check_active(&label, Which::Only(&due)).await;
+                }
             }
             Some(_) => {}
             None => self.failover(Reason::Failover).await,
@@ -250,18 +230,49 @@ impl Manager {
         let Some(label) = self.h.lock().active().map(str::to_string) else {
             return Response::err(format!("account {}: no active proxy (every proxy is unusable)", self.h.account));
         };
-        let health = self.check_active(&label).await;
+        // Each check on its own, so every result is shown.
+        let mut results = Vec::new();
+        let mut shown = Vec::new();
+        let runs: Vec<Option<usize>> =
+            if self.cfg.probes.is_empty() { vec![None] } else { (0..self.cfg.probes.len()).map(Some).collect() };
+        for i in runs {
+            if self.h.lock().active() != Some(label.as_str()) {
+                break; // burned or failed over by an earlier check
+            }
+            let only = i.map(|i| vec![i]).unwrap_or_default();
+            let which = if i.is_some() { Which::Only(&only) } else { Which::All };
+            let r = self.check_active(&label, which).await;
+            let name = i.map(|i| self.cfg.probes[i].check.name.clone()).unwrap_or_else(|| "proxy".into());
+            let (ok, text, verdict) = match &r {
+                Ok(l) => (true, format!("ok in {} ms", l.as_millis()), "ok"),
+                Err(Fail::Burned { .. }) => (
+                    false,
+                    format!("BURNED: {}", r.as_ref().err().map(|f| f.to_string()).unwrap_or_default()),
+                    "burned",
+                ),
+                Err(Fail::Trouble { reason, .. }) => {
+                    (false, format!("destination trouble: {reason}"), "destination_trouble")
+                }
+                Err(f) => (false, format!("FAILED: {f}"), "failed"),
+            };
+            shown.push(format!("{name} {text}"));
+            results.push(json!({
+                "check": name,
+                "ok": ok,
+                "verdict": verdict,
+                "latency_ms": r.as_ref().ok().map(|l| l.as_millis() as u64),
+                "detail": text,
+            }));
+        }
+        let health_ok = results.iter().all(|r| r["ok"] == true);
         let egress = self.egress(&label).await;
-        let ok = health.is_ok() && !matches!(egress, Some(Err(_)));
+        let ok = health_ok && !matches!(egress, Some(Err(_)));
         let msg = format!(
             "account {}: proxy {} ({}): health {}; egress IP {}",
             self.h.account,
             label,
             self.h.endpoint(&label),
-            match &health {
-                Ok(l) => format!("ok in {} ms", l.as_millis()),
-                Err(e) => format!("FAILED: {e}"),
-            },
+            shown.join("; "),
             match &egress {
                 None => "not checked (no egress_check in the policy)".to_string(),
                 Some(Ok(ip)) => ip.to_string(),
@@ -271,12 +282,30 @@ impl Manager {
         let data = json!({
             "proxy": label,
             "endpoint": self.h.endpoint(&label),
-            "health_ok": health.is_ok(),
-            "latency_ms": health.as_ref().ok().map(|l| l.as_millis() as u64),
+            "health_ok": health_ok,
+            "checks": results,
+            "latency_ms": results.first().and_then(|r| r["latency_ms"].as_u64()),
             "egress_ip": egress.as_ref().and_then(|e| e.as_ref().ok()),
             "still_active": self.h.lock().active() == Some(label.as_str()),
         });
         Response { ok, message: msg, data }
+    }
+
+    fn unburn(&self, label: &str) -> Response {
+        let r = self.h.lock().unburn(label);
+        match r {
+            Ok(ev) => {
+                self.commit(ev);
+                if self.h.lock().active().is_none() {
+                    self.h.wake.notify_one();
+                }
+                Response::ok(
+                    format!("account {}: proxy {label} is no longer burned (standby)", self.h.account),
+                    json!({"proxy": label}),
+                )
+            }
+            Err(e) => Response::err(format!("account {}: cannot unburn: {e}", self.h.account)),
+        }
     }
 
     async fn handle(&self, order: Order) -> Response {
@@ -285,6 +314,7 @@ impl Manager {
                 self.rotate(to, burn, burn_for_secs, reset_flows).await
             }
             Order::Check => self.check_now().await,
+            Order::Unburn { label } => self.unburn(&label),
         }
     }
 }
@@ -313,7 +343,8 @@ async fn run(
     chosen: oneshot::Sender<()>,
     fleet: &mut Option<Fleet>,
 ) {
-    let m = Manager { h, cfg };
+    let due = Mutex::new(vec![Instant::now() + cfg.interval(); cfg.probes.len()]);
+    let m = Manager { h, cfg, due };
     let before = m.h.lock().active().map(str::to_string);
     // Fleet mode: the service first, so the first choice can be its proxy.
     let mut next_alloc = None;

@@ -4,6 +4,7 @@
 //! failover, rotation, failback) and the proxy service's member in fleet
 //! mode (`service`).
 
+mod checks;
 pub mod handle;
 pub mod manager;
 pub mod service;

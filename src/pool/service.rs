@@ -187,7 +187,7 @@ impl Manager {
                     f.current = Some(alloc);
                     let active = self.h.lock().active().map(str::to_string);
                     if active.as_deref() == Some(SERVICE_LABEL) {
-                        let _ = self.check_active(SERVICE_LABEL).await;
+                        let _ = self.check_active(SERVICE_LABEL, super::checks::Which::All).await;
                     } else if let Err(e) = self
                         .switch(
                             &[SERVICE_LABEL.to_string()],

@@ -188,6 +188,7 @@ impl Pool {
             if r.state == State::Burned && !burn_active(r, now) {
                 r.state = State::Standby;
                 r.burned_until = None;
+                r.burn_reason = None;
                 r.consecutive_failures = 0;
                 ev.push(Event::Unburned { label: r.label.clone() });
             }
@@ -352,11 +353,36 @@ impl Pool {
 
     /// Marks `label` burned (until a time, or for good).
     pub fn burn(&mut self, label: &str, until: Option<u64>) -> Vec<Event> {
+        self.burn_because(label, until, "manual")
+    }
+
+    /// Marks `label` burned for `reason`; an active proxy needs replacing.
+    pub fn burn_because(&mut self, label: &str, until: Option<u64>, reason: &str) -> Vec<Event> {
         let Some(i) = self.index(label) else { return Vec::new() };
         let r = &mut self.records[i];
+        let was_active = r.state == State::Active;
         r.state = State::Burned;
         r.burned_until = until;
-        vec![Event::Burned { label: label.into(), until }]
+        r.burn_reason = Some(reason.to_string());
+        let mut ev = vec![Event::Burned { label: label.into(), until }];
+        if was_active && reason != "manual" {
+            ev.push(Event::NeedFailover { from: label.into() });
+        }
+        ev
+    }
+
+    /// Lifts the burn of `label` (`nsproxy unburn`): standby again.
+    pub fn unburn(&mut self, label: &str) -> Result<Vec<Event>, RotateError> {
+        let i = self.index(label).ok_or_else(|| RotateError::UnknownLabel(label.into()))?;
+        let r = &mut self.records[i];
+        if r.state != State::Burned {
+            return Err(RotateError::NotUsable { label: label.into(), why: format!("{}, not burned", r.state) });
+        }
+        r.state = State::Standby;
+        r.burned_until = None;
+        r.burn_reason = None;
+        r.consecutive_failures = 0;
+        Ok(vec![Event::Unburned { label: label.into() }])
     }
 }
 

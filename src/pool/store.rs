@@ -130,6 +130,7 @@ mod tests {
             consecutive_failures: 2,
             last_egress_ip: Some("192.0.2.4".parse().unwrap()),
             last_egress_at: Some(6),
+            burn_reason: None,
         }
     }
 

@@ -3,10 +3,12 @@
 //! (`socks5`, `http`); `connect` drives them over a TCP stream with the
 //! proxy's connect and handshake timeouts.
 
+pub mod fetch;
 pub mod http;
 pub mod probe;
 pub mod route;
 pub mod socks5;
+pub mod verdict;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -1,72 +1,55 @@
-//! Checks through one proxy: a health probe (TCP connect, or HTTP GET
-//! expecting 2xx) and the egress-IP fetch. The request builder and the
-//! response/body parsers are pure; `check` and `egress_ip` do the I/O.
+//! Checks through one proxy: a health probe (a TCP connect, or an HTTP(S)
+//! request whose answer is classified by `verdict`) and the egress-IP
+//! fetch. The body parser is pure; `check` and `egress_ip` do the I/O.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use super::fetch::{self, FetchError, Request, Tls};
+use super::verdict::{self, BodyMatch, Rules, Verdict};
 use super::{ProxyError, Target, Upstream};
-use crate::config::{HealthTarget, HttpUrl};
+use crate::config::{CheckMethod, EgressCheck, HealthCheck, HealthTarget};
 
 /// Largest HTTP response read from a health or egress URL.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 
-pub fn get_request(url: &HttpUrl) -> Vec<u8> {
-    let host = if url.host.contains(':') { format!("[{}]", url.host) } else { url.host.clone() };
-    let host = if url.port == 80 { host } else { format!("{host}:{}", url.port) };
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: nsproxy/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        url.path,
-        env!("CARGO_PKG_VERSION")
-    )
-    .into_bytes()
+/// One health check of the policy, ready to run: its answer rules and,
+/// for https, its TLS trust. Built when the daemon starts.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub check: HealthCheck,
+    pub rules: Rules,
+    pub tls: Option<Tls>,
 }
 
-/// A complete response: status code and body (Content-Length honoured,
-/// else up to EOF; chunked bodies are decoded).
-pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if eof => return Err("connection closed before the response head".into()),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("not an HTTP response: {e}")),
-    };
-    let code = resp.code.unwrap_or(0);
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-    };
-    let body = &buf[head..];
-    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        return match httparse::parse_chunk_size(body) {
-            Ok(httparse::Status::Complete((start, size))) => {
-                let end = start.checked_add(size as usize).ok_or("chunk too large")?;
-                if body.len() >= end {
-                    Ok(Some((code, body[start..end].to_vec())))
-                } else if eof {
-                    Err("connection closed inside a chunk".into())
-                } else {
-                    Ok(None)
-                }
-            }
-            Ok(httparse::Status::Partial) if !eof => Ok(None),
-            _ => Err("bad chunked body".into()),
+impl Probe {
+    pub fn new(c: &HealthCheck) -> Result<Probe, String> {
+        let burn_body = c.burn_on.body.iter().map(|b| BodyMatch::parse(b)).collect::<Result<Vec<_>, _>>()?;
+        let rules = Rules {
+            expect_status: c.expect_status.clone(),
+            burn_status: c.burn_on.status.clone(),
+            burn_body,
+            burn_for: c.burn_for,
         };
+        let tls = match &c.target {
+            HealthTarget::Http(u) if u.tls => Some(Tls::new(c.ca_file.as_deref())?),
+            _ => None,
+        };
+        Ok(Probe { check: c.clone(), rules, tls })
     }
-    match header("content-length").map(|v| v.parse::<usize>()) {
-        Some(Ok(n)) if body.len() >= n => Ok(Some((code, body[..n].to_vec()))),
-        Some(Ok(_)) if eof => Err("connection closed before the end of the body".into()),
-        Some(Ok(_)) => Ok(None),
-        Some(Err(_)) => Err("bad Content-Length".into()),
-        None if eof => Ok(Some((code, body.to_vec()))),
-        None => Ok(None),
+}
+
+/// The egress check, ready to run.
+#[derive(Debug, Clone)]
+pub struct EgressProbe {
+    pub check: EgressCheck,
+    pub tls: Option<Tls>,
+}
+
+impl EgressProbe {
+    pub fn new(c: &EgressCheck) -> Result<EgressProbe, String> {
+        let tls = if c.url.tls { Some(Tls::new(c.ca_file.as_deref())?) } else { None };
+        Ok(EgressProbe { check: c.clone(), tls })
     }
 }
 
@@ -106,66 +89,66 @@ impl CheckError {
     pub fn is_local(&self) -> bool {
         matches!(self, CheckError::Proxy(e) if e.is_local())
     }
-}
 
-async fn fetch(up: &Upstream, url: &HttpUrl, what: &str) -> Result<(u16, Vec<u8>), CheckError> {
-    let bad = |reason: String| CheckError::Bad { what: what.to_string(), reason };
-    let conn = up.connect(&Target::Name(url.host.clone(), url.port)).await?;
-    let mut s: TcpStream = conn.stream;
-    let mut buf = conn.leftover;
-    s.write_all(&get_request(url)).await.map_err(|e| bad(e.to_string()))?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(r) = parse_response(&buf, false).map_err(bad)? {
-            return Ok(r);
+    fn fetch(what: &str, e: FetchError) -> CheckError {
+        match e {
+            FetchError::Proxy(p) => CheckError::Proxy(p),
+            other => CheckError::Bad { what: what.to_string(), reason: other.to_string() },
         }
-        if buf.len() > MAX_RESPONSE {
-            return Err(bad(format!("response larger than {MAX_RESPONSE} bytes")));
-        }
-        let n = s.read(&mut chunk).await.map_err(|e| bad(e.to_string()))?;
-        if n == 0 {
-            return parse_response(&buf, true).map_err(bad)?.ok_or_else(|| bad("empty response".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-/// One health check through `up`: its latency, or why it failed. Without a
-/// target, a TCP connection to the proxy itself.
-pub async fn check(up: &Upstream, target: Option<&HealthTarget>, timeout: Duration) -> Result<Duration, CheckError> {
+/// One health check through `up`, with `now` (Unix seconds) for burn
+/// times: its latency and what the answer says, or why it failed. Without
+/// a probe, a TCP connection to the proxy itself.
+pub async fn check(
+    up: &Upstream,
+    probe: Option<&Probe>,
+    timeout: Duration,
+    now: u64,
+) -> Result<(Duration, Verdict), CheckError> {
     let start = Instant::now();
-    let what = match target {
-        Some(t) => format!("health check {t}"),
+    let what = match probe {
+        Some(p) => format!("health check {} ({})", p.check.name, p.check.target),
         None => "health check (connect to the proxy)".into(),
     };
     let work = async {
-        match target {
-            Some(HealthTarget::Tcp { host, port }) => {
+        match probe.map(|p| (p, &p.check.target)) {
+            Some((_, HealthTarget::Tcp { host, port })) => {
                 up.connect(&Target::Name(host.clone(), *port)).await?;
-                Ok(())
+                Ok(Verdict::Ok)
             }
-            Some(HealthTarget::Http(url)) => match fetch(up, url, &what).await? {
-                (200..=299, _) => Ok(()),
-                (code, _) => Err(CheckError::Bad { what: what.clone(), reason: format!("HTTP status {code}") }),
-            },
-            None => up.reach().await.map_err(CheckError::from),
+            Some((p, HealthTarget::Http(url))) => {
+                let req = Request { method: p.check.method, url, headers: &p.check.headers };
+                let a = fetch::fetch(up, &req, p.tls.as_ref(), MAX_RESPONSE)
+                    .await
+                    .map_err(|e| CheckError::fetch(&what, e))?;
+                let answer = verdict::Answer { status: a.status, retry_after: a.retry_after.as_deref(), body: &a.body };
+                Ok(verdict::classify(&answer, &p.rules, now))
+            }
+            None => up.reach().await.map(|()| Verdict::Ok).map_err(CheckError::from),
         }
     };
     match tokio::time::timeout(timeout, work).await {
         Err(_) => Err(CheckError::Timeout { what, timeout }),
-        Ok(r) => r.map(|()| start.elapsed()),
+        Ok(r) => r.map(|v| (start.elapsed(), v)),
     }
 }
 
 /// The egress address seen through `up` from the echo URL.
-pub async fn egress_ip(up: &Upstream, url: &HttpUrl, timeout: Duration) -> Result<IpAddr, CheckError> {
+pub async fn egress_ip(up: &Upstream, e: &EgressProbe) -> Result<IpAddr, CheckError> {
+    let url = &e.check.url;
     let what = format!("egress check {url}");
     let work = async {
-        match fetch(up, url, &what).await? {
-            (200..=299, body) => parse_ip_body(&body).map_err(|reason| CheckError::Bad { what: what.clone(), reason }),
-            (code, _) => Err(CheckError::Bad { what: what.clone(), reason: format!("HTTP status {code}") }),
+        let req = Request { method: CheckMethod::Get, url, headers: &[] };
+        let a =
+            fetch::fetch(up, &req, e.tls.as_ref(), MAX_RESPONSE).await.map_err(|err| CheckError::fetch(&what, err))?;
+        match a.status {
+            200..=299 => parse_ip_body(&a.body).map_err(|reason| CheckError::Bad { what: what.clone(), reason }),
+            code => Err(CheckError::Bad { what: what.clone(), reason: format!("HTTP status {code}") }),
         }
     };
+    let timeout = e.check.timeout;
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| Err(CheckError::Timeout { what: what.clone(), timeout }))
@@ -174,32 +157,6 @@ pub async fn egress_ip(up: &Upstream, url: &HttpUrl, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_line_and_host() {
-        let u = HttpUrl { host: "ip.echo.test".into(), port: 8080, path: "/ip?x=1".into() };
-        let r = String::from_utf8(get_request(&u)).unwrap();
-        assert!(r.starts_with("GET /ip?x=1 HTTP/1.1\r\nHost: ip.echo.test:8080\r\n"), "{r}");
-        assert!(r.ends_with("Connection: close\r\n\r\n"));
-        let u = HttpUrl { host: "::1".into(), port: 80, path: "/".into() };
-        assert!(String::from_utf8(get_request(&u)).unwrap().contains("Host: [::1]\r\n"));
-    }
-
-    #[test]
-    fn responses() {
-        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n192.0.2.7extra";
-        assert_eq!(parse_response(full, false).unwrap(), Some((200, b"192.0.2.7".to_vec())));
-        assert_eq!(parse_response(&full[..30], false).unwrap(), None);
-        assert!(parse_response(&full[..45], true).is_err(), "short body at EOF");
-        let no_len = b"HTTP/1.0 204 No Content\r\n\r\nabc";
-        assert_eq!(parse_response(no_len, false).unwrap(), None);
-        assert_eq!(parse_response(no_len, true).unwrap(), Some((204, b"abc".to_vec())));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n::1\n\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked, false).unwrap(), Some((200, b"::1\n".to_vec())));
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200", true).is_err());
-    }
 
     #[test]
     fn ip_bodies() {

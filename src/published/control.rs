@@ -27,6 +27,8 @@ pub enum Request {
     },
     /// Health and egress check of the active proxy now.
     Check,
+    /// Lift the burn of one proxy.
+    Unburn { label: String },
     /// `nsproxy exec` refused someone: the daemon logs it with the
     /// account's other events.
     ExecRefused {

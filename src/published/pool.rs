@@ -45,6 +45,10 @@ pub struct Record {
     pub last_egress_ip: Option<IpAddr>,
     #[serde(default)]
     pub last_egress_at: Option<u64>,
+    /// For `burned`: why (the check, its status and a body excerpt, or
+    /// "manual").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_reason: Option<String>,
 }
 
 impl Record {
@@ -59,6 +63,7 @@ impl Record {
             consecutive_failures: 0,
             last_egress_ip: None,
             last_egress_at: None,
+            burn_reason: None,
         }
     }
 }

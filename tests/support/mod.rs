@@ -1,2 +1,3 @@
 //! Helpers for the tests that need no root.
+pub mod origin;
 pub mod socks;

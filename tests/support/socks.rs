@@ -1,8 +1,9 @@
 //! An in-process SOCKS5 proxy for the tests that run without root and
 //! under tokio's paused clock, where an outside proxy cannot be timed:
 //! no authentication, every CONNECT answered "succeeded" and then held
-//! open. `set_up(false)` makes it drop every new connection during the
-//! greeting (a proxy that is down in a way the pool must notice).
+//! open, or (`relay_to`) relayed to one fixed address whatever the name
+//! asked for. `set_up(false)` makes it drop every new connection during
+//! the greeting (a proxy that is down in a way the pool must notice).
 
 #![allow(dead_code)]
 
@@ -15,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub struct Socks {
     pub addr: SocketAddr,
+    relay: Arc<Mutex<Option<SocketAddr>>>,
     up: Arc<AtomicBool>,
     /// CONNECT requests answered, as `host:port`.
     pub connects: Arc<Mutex<Vec<String>>>,
@@ -29,7 +31,8 @@ impl Socks {
         let up = Arc::new(AtomicBool::new(true));
         let connects = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU32::new(0));
-        let (u, c, a) = (up.clone(), connects.clone(), accepted.clone());
+        let relay = Arc::new(Mutex::new(None));
+        let (u, c, a, r) = (up.clone(), connects.clone(), accepted.clone(), relay.clone());
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
@@ -37,13 +40,18 @@ impl Socks {
                     drop(s);
                     continue;
                 }
-                let c = c.clone();
+                let (c, to) = (c.clone(), *r.lock().unwrap());
                 tokio::spawn(async move {
-                    let _ = serve(s, c).await;
+                    let _ = serve(s, c, to).await;
                 });
             }
         });
-        Socks { addr, up, connects, accepted, task }
+        Socks { addr, relay, up, connects, accepted, task }
+    }
+
+    /// Every later CONNECT is relayed to `to`.
+    pub fn relay_to(&self, to: SocketAddr) {
+        *self.relay.lock().unwrap() = Some(to);
     }
 
     pub fn set_up(&self, up: bool) {
@@ -65,7 +73,7 @@ impl Drop for Socks {
     }
 }
 
-async fn serve(mut s: TcpStream, connects: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+async fn serve(mut s: TcpStream, connects: Arc<Mutex<Vec<String>>>, relay: Option<SocketAddr>) -> std::io::Result<()> {
     let mut hello = [0u8; 2];
     s.read_exact(&mut hello).await?;
     let mut methods = vec![0u8; hello[1] as usize];
@@ -95,6 +103,14 @@ async fn serve(mut s: TcpStream, connects: Arc<Mutex<Vec<String>>>) -> std::io::
     let mut port = [0u8; 2];
     s.read_exact(&mut port).await?;
     connects.lock().unwrap().push(format!("{host}:{}", u16::from_be_bytes(port)));
+    if let Some(to) = relay {
+        let Ok(mut up) = TcpStream::connect(to).await else {
+            return s.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+        };
+        s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 80]).await?;
+        tokio::io::copy_bidirectional(&mut s, &mut up).await?;
+        return Ok(());
+    }
     s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 80]).await?;
     let mut sink = [0u8; 1024];
     while s.read(&mut sink).await? > 0 {}

@@ -129,41 +129,33 @@ pub(super) fn account(
         }
     };
     let limits = limits(ctx, m, path);
-    let health_check = match m.get("health_check") {
-        None => Some(None),
-        Some(v) => health(ctx, v, &path.key("health_check")).map(Some),
-    };
+    let health_checks = health_checks(ctx, m.get("health_check"), &path.key("health_check"));
     let pool = match m.get("pool") {
-        None => Some(PoolPolicy { failback: false }),
+        None => Some(PoolPolicy { failback: false, on_burn: OnBurn::KeepFlows }),
         Some(v) => {
             let p = path.key("pool");
-            ctx.mapping(v, &p, &["failback"]).and_then(|pm| {
+            ctx.mapping(v, &p, &["failback", "on_burn"]).and_then(|pm| {
                 let failback = if pm.contains_key("failback") {
                     ctx.get::<bool>(pm, "failback", &p, "true or false")
                 } else {
                     Some(false)
                 };
-                failback.map(|failback| PoolPolicy { failback })
+                let on_burn = match ctx.get::<String>(pm, "on_burn", &p, "keep-flows or reset-flows").as_deref() {
+                    None if pm.contains_key("on_burn") => None,
+                    None | Some("keep-flows") => Some(OnBurn::KeepFlows),
+                    Some("reset-flows") => Some(OnBurn::ResetFlows),
+                    Some(o) => {
+                        ctx.problem(&p.key("on_burn"), format!("expected keep-flows or reset-flows, got {o:?}"));
+                        None
+                    }
+                };
+                Some(PoolPolicy { failback: failback?, on_burn: on_burn? })
             })
         }
     };
     let egress_check = match m.get("egress_check") {
         None => Some(None),
-        Some(v) => {
-            let p = path.key("egress_check");
-            ctx.mapping(v, &p, &["url", "timeout"]).and_then(|em| {
-                let url: Option<String> = ctx.require(em, "url", &p, "an http:// URL that answers with your IP");
-                let url = url.and_then(|u| match parse_http_url(&u) {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        ctx.problem(&p.key("url"), e);
-                        None
-                    }
-                });
-                let timeout = ctx.duration(em, "timeout", &p, Duration::from_secs(10));
-                Some(Some(EgressCheck { url: url?, timeout: timeout? }))
-            })
-        }
+        Some(v) => egress(ctx, v, &path.key("egress_check")).map(Some),
     };
     // Labels as written, so a proxy with another error still counts here.
     let labels: Vec<String> = match m.get("proxies") {
@@ -226,7 +218,7 @@ pub(super) fn account(
         udp: udp?,
         mtu: mtu?,
         limits: limits?,
-        health_check: health_check?,
+        health_checks: health_checks?,
         pool: pool?,
         egress_check: egress_check?,
         rules: rules?,
@@ -292,30 +284,5 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_half_open: max_half_open? as u32,
         idle_timeout: idle_timeout?,
         socket_buffer: socket_buffer? as u32,
-    })
-}
-
-pub(super) fn health(ctx: &mut Ctx, v: &Value, p: &FieldPath) -> Option<HealthCheck> {
-    let hm = ctx.mapping(v, p, &["interval", "timeout", "target", "failures_before_unhealthy"])?;
-    let interval = ctx.duration(hm, "interval", p, Duration::from_secs(30));
-    let timeout = ctx.duration(hm, "timeout", p, Duration::from_secs(5));
-    let target: Option<String> = ctx.require(hm, "target", p, "tcp://host:port or http://host/path");
-    let target = target.and_then(|t| {
-        let parsed = if let Some(rest) = t.strip_prefix("tcp://") {
-            match host_port(rest, None) {
-                Ok((host, port)) => Ok(HealthTarget::Tcp { host, port }),
-                Err(e) => Err(format!("expected tcp://host:port, got {t:?}: {e}")),
-            }
-        } else {
-            parse_http_url(&t).map(HealthTarget::Http)
-        };
-        parsed.map_err(|e| ctx.problem(&p.key("target"), e)).ok()
-    });
-    let failures = ctx.ranged(hm, "failures_before_unhealthy", p, 1, 100, 3);
-    Some(HealthCheck {
-        interval: interval?,
-        timeout: timeout?,
-        target: target?,
-        failures_before_unhealthy: failures? as u32,
     })
 }

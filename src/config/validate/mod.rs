@@ -15,12 +15,14 @@ use super::urls::*;
 use super::{Problem, Problems, duration};
 
 mod account;
+mod checks;
 mod proxy;
 mod rules;
 mod secrets;
 mod service;
 
 use account::*;
+use checks::*;
 use proxy::*;
 use rules::*;
 use secrets::*;

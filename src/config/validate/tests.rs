@@ -130,7 +130,7 @@ accounts:
 fn pool_health_egress_rules_and_metrics() {
     let a = &parse(POOL).unwrap()[0];
     assert_eq!(a.proxies[0].expected_egress_ip, Some("192.0.2.1".parse().unwrap()));
-    let h = a.health_check.as_ref().unwrap();
+    let h = &a.health_checks[0];
     assert_eq!(h.interval, Duration::from_secs(2));
     assert_eq!(h.target.to_string(), "http://ip.echo.test:8080/health");
     assert_eq!(a.failure_threshold(), 2);
@@ -160,7 +160,7 @@ accounts:
   - name: a
     proxies:
       - {label: x, url: 'socks5://10.0.0.1:1080', expected_egress_ip: 'not-an-ip'}
-    health_check: {target: 'https://secure.test/'}
+    health_check: {target: 'gopher://secure.test/'}
     egress_check: {url: 'ftp://x/'}
     pool: {failback: sometimes, sticky: true}
     metrics: {listen: '9464'}
@@ -174,8 +174,8 @@ accounts:
     let all = parse(text).unwrap_err().join("\n");
     for want in [
         "proxies[0].expected_egress_ip: expected an IP address, got \"not-an-ip\"",
-        "health_check.target: \"https://secure.test/\": https is not supported here yet",
-        "egress_check.url: expected an http:// URL, got \"ftp://x/\"",
+        "health_check.target: expected an http:// or https:// URL, got \"gopher://secure.test/\"",
+        "egress_check.url: expected an http:// or https:// URL, got \"ftp://x/\"",
         "pool.failback: expected true or false",
         "pool.sticky: unknown field",
         "metrics.listen: expected ip:port",
@@ -342,7 +342,7 @@ fn overrides_apply_with_precedence_and_are_validated() {
     assert_eq!(a.dns.mode, DnsMode::Tcp);
     assert_eq!(a.dns.resolver, Some("10.0.0.53:53".parse().unwrap()));
     assert_eq!(a.proxies[0].priority, 2, "--set wins over the environment");
-    assert_eq!(a.health_check.as_ref().map(|h| h.target.to_string()).as_deref(), Some("tcp://api.exchange.test:443"));
+    assert_eq!(a.health_checks.first().map(|h| h.target.to_string()).as_deref(), Some("tcp://api.exchange.test:443"));
     // Without the override the file's value stands.
     assert_eq!(parse(GOOD).unwrap()[0].proxies[0].priority, 10);
 }
