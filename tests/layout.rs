@@ -14,7 +14,7 @@ const RANKS: &[(&str, u32)] = &[
     ("config", 1),
     ("secrets", 2),
     ("proxy", 3),
-    ("fleet", 3),
+    ("fleet", 4),
     ("host", 3),
     ("dns", 4),
     ("pool", 5),

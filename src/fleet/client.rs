@@ -1,16 +1,18 @@
-//! The HTTPS client of the proxy service (rustls, HTTP/1.1, one request
-//! per connection). Endpoints are tried in order; every call is bounded by
-//! the policy's timeout and every answer by `MAX_ANSWER`.
+//! The HTTPS client of the proxy service (rustls, HTTP/1.1 through hyper as
+//! in `proxy::fetch`, one request per connection, chunked answers read).
+//! Endpoints are tried in order, and each endpoint's addresses in turn;
+//! every call is bounded by the policy's timeout and every answer by
+//! `MAX_ANSWER`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::protocol::{self, AllocRequest, Allocation, Feedback, MAX_ANSWER};
-use crate::config::{Account, ExternalService, ServiceAuth, ServiceEndpoint};
+use crate::config::{Account, ExternalService, Header, HttpUrl, ServiceAuth, ServiceEndpoint};
+use crate::proxy::fetch::{self, FetchError, Method, Request, Tls};
 use crate::secrets::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +26,7 @@ pub enum FleetError {
 }
 
 /// How a request is authenticated (header name and value).
-enum Header {
+enum Auth {
     None,
     Bearer(Secret),
     ApiKey(Secret),
@@ -32,8 +34,8 @@ enum Header {
 
 pub struct ServiceClient {
     cfg: ExternalService,
-    tls: tokio_rustls::TlsConnector,
-    header: Header,
+    tls: Tls,
+    header: Auth,
     pub client_id: String,
     pub account: String,
 }
@@ -81,19 +83,19 @@ impl ServiceClient {
                     .map_err(|_| setup("client_key_file", key_file, "holds no PEM private key"))?;
                 let c =
                     builder.with_client_auth_cert(chain, key).map_err(|e| setup("client_cert_file", cert_file, e))?;
-                (c, Header::None)
+                (c, Auth::None)
             }
             ServiceAuth::BearerToken(r) => {
-                (builder.with_no_client_auth(), Header::Bearer(crate::secrets::resolve_service_token(a, r)?))
+                (builder.with_no_client_auth(), Auth::Bearer(crate::secrets::resolve_service_token(a, r)?))
             }
             ServiceAuth::ApiKey(r) => {
-                (builder.with_no_client_auth(), Header::ApiKey(crate::secrets::resolve_service_token(a, r)?))
+                (builder.with_no_client_auth(), Auth::ApiKey(crate::secrets::resolve_service_token(a, r)?))
             }
         };
         let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
         Ok(ServiceClient {
             cfg: svc.clone(),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: Tls::from_config(Arc::new(config)),
             header,
             client_id: svc.client_id.clone().unwrap_or_else(|| format!("nsproxy-{host}-{}", std::process::id())),
             account: a.name.clone(),
@@ -155,95 +157,45 @@ impl ServiceClient {
     }
 
     async fn post_inner(&self, ep: &ServiceEndpoint, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let addr = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+        // Every address the name resolves to, in order, until one connects.
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
             .await
             .map_err(|e| format!("cannot resolve {}: {e}", ep.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", ep.host))?;
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
-        let name = ServerName::try_from(ep.host.clone()).map_err(|e| format!("bad server name: {e}"))?;
-        let mut tls = self.tls.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-        let host = if ep.host.contains(':') { format!("[{}]", ep.host) } else { ep.host.clone() };
-        let mut head = format!(
-            "POST {}{path} HTTP/1.1\r\nHost: {host}:{}\r\nUser-Agent: nsproxy/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-            ep.base,
-            ep.port,
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        match &self.header {
-            Header::None => {}
-            Header::Bearer(t) => head.push_str(&format!("Authorization: Bearer {}\r\n", t.expose())),
-            Header::ApiKey(k) => head.push_str(&format!("X-API-Key: {}\r\n", k.expose())),
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{} has no address", ep.host));
         }
-        head.push_str("\r\n");
-        let mut out = head.into_bytes();
-        out.extend_from_slice(body);
-        tls.write_all(&out).await.map_err(|e| format!("send: {e}"))?;
-        let mut buf = Vec::new();
-        let cap = (MAX_ANSWER + 16 * 1024) as u64;
-        match (&mut tls).take(cap + 1).read_to_end(&mut buf).await {
-            Ok(_) => {}
-            // Many servers close without a TLS close_notify.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-            // rustls reports alerts (a refused client certificate) as InvalidData.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(format!("TLS: {e}")),
-            Err(e) => return Err(format!("receive: {e}")),
+        let mut last = None;
+        let mut tcp = None;
+        for a in &addrs {
+            match tokio::net::TcpStream::connect(a).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(format!("cannot connect to {a}: {e}")),
+            }
         }
-        if buf.len() as u64 > cap {
-            return Err(format!("answer larger than {MAX_ANSWER} bytes"));
-        }
-        parse_http(&buf)
-    }
-}
-
-/// Status and body of an HTTP/1.1 response (Content-Length or read to the
-/// end; chunked is refused).
-pub fn parse_http(buf: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err("incomplete HTTP answer".into()),
-        Err(e) => return Err(format!("not an HTTP answer: {e}")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut len = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("chunked answers are not supported".into());
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            len = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        let Some(tcp) = tcp else { return Err(last.unwrap_or_else(|| "cannot connect".into())) };
+        let url = HttpUrl { tls: true, host: ep.host.clone(), port: ep.port, path: format!("{}{path}", ep.base) };
+        let headers: Vec<Header> = match &self.header {
+            Auth::None => Vec::new(),
+            Auth::Bearer(t) => vec![Header { name: "Authorization".into(), value: format!("Bearer {}", t.expose()) }],
+            Auth::ApiKey(k) => vec![Header { name: "X-API-Key".into(), value: k.expose().to_string() }],
+        };
+        let req =
+            Request { method: Method::Post, url: &url, headers: &headers, body: Some(("application/json", body)) };
+        match fetch::over(tcp, &req, Some(&self.tls), MAX_ANSWER).await {
+            Ok(a) => Ok((a.status, a.body)),
+            Err(FetchError::Tls { reason, .. }) => Err(format!("TLS: {reason}")),
+            Err(FetchError::TooLarge(_)) => Err(format!("answer larger than {MAX_ANSWER} bytes")),
+            Err(e) => Err(e.to_string()),
         }
     }
-    let body = &buf[n..];
-    let body = match len {
-        Some(l) if l > body.len() => return Err(format!("answer cut short ({} of {l} bytes)", body.len())),
-        Some(l) => &body[..l],
-        None => body,
-    };
-    Ok((status, body.to_vec()))
 }
 
 /// How long an allocation is used before asking again: its own TTL, at
 /// most the policy's cache TTL.
 pub fn cache_for(a: &Allocation, cache_ttl: Duration) -> Duration {
     Duration::from_secs(a.ttl_seconds).min(cache_ttl)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_answers() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing";
-        assert_eq!(parse_http(ok), Ok((200, b"{}".to_vec())));
-        let close = b"HTTP/1.0 401 Unauthorized\r\n\r\nnope";
-        assert_eq!(parse_http(close), Ok((401, b"nope".to_vec())));
-        assert!(parse_http(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err().contains("chunked"));
-        assert!(parse_http(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").unwrap_err().contains("cut short"));
-        assert!(parse_http(b"garbage garbage\r\n\r\n").is_err());
-    }
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ProxyError, Target, Upstream};
-use crate::config::{CheckMethod, Header, HttpUrl};
+use crate::config::{Header, HttpUrl};
 
 /// The trust for https checks: the system's roots plus an optional
 /// `ca_file`. Built once per check, when the daemon starts.
@@ -29,6 +29,12 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
+    /// A client configuration built elsewhere (the proxy service's, with
+    /// its own CA and client certificate).
+    pub fn from_config(c: Arc<rustls::ClientConfig>) -> Tls {
+        Tls(tokio_rustls::TlsConnector::from(c))
+    }
+
     /// The system's trust store (`/etc/ssl/certs` and the like) and the
     /// certificates of `ca_file`, if given. A missing system store is only
     /// an error when no `ca_file` is given either.
@@ -77,7 +83,7 @@ pub struct Answer {
 pub enum FetchError {
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    #[error("TLS with {host} through the proxy: {reason}")]
+    #[error("TLS with {host}: {reason}")]
     Tls { host: String, reason: String },
     #[error("HTTP: {0}")]
     Http(String),
@@ -85,11 +91,48 @@ pub enum FetchError {
     TooLarge(usize),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+}
+
 /// What to send.
 pub struct Request<'a> {
-    pub method: CheckMethod,
+    pub method: Method,
     pub url: &'a HttpUrl,
     pub headers: &'a [Header],
+    /// With POST: the content type and the body.
+    pub body: Option<(&'a str, &'a [u8])>,
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// A TLS failure after the handshake (an alert: a refused client
+/// certificate, say) reaches hyper as an I/O error of kind InvalidData.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// `req` through `up`: connect through the proxy to the URL's host, TLS
@@ -100,8 +143,20 @@ pub async fn fetch(up: &Upstream, req: &Request<'_>, tls: Option<&Tls>, max: usi
     if !conn.leftover.is_empty() {
         return Err(FetchError::Http("the proxy sent data before the request".into()));
     }
+    over(conn.stream, req, tls, max).await
+}
+
+/// `req` over `stream`, a connection to the URL's host: TLS first when the
+/// URL is https.
+pub async fn over(
+    stream: tokio::net::TcpStream,
+    req: &Request<'_>,
+    tls: Option<&Tls>,
+    max: usize,
+) -> Result<Answer, FetchError> {
+    let url = req.url;
     if !url.tls {
-        return request(conn.stream, req, max).await;
+        return request(stream, req, max).await;
     }
     let Some(Tls(connector)) = tls else {
         return Err(FetchError::Tls { host: url.host.clone(), reason: "no TLS configuration".into() });
@@ -109,7 +164,7 @@ pub async fn fetch(up: &Upstream, req: &Request<'_>, tls: Option<&Tls>, max: usi
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| FetchError::Tls { host: url.host.clone(), reason: e.to_string() })?;
     let stream = connector
-        .connect(name, conn.stream)
+        .connect(name, stream)
         .await
         .map_err(|e| FetchError::Tls { host: url.host.clone(), reason: e.to_string() })?;
     request(stream, req, max).await
@@ -121,14 +176,21 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let url = req.url;
-    let http = |e: hyper::Error| FetchError::Http(e.to_string());
+    let http = |e: hyper::Error| {
+        if is_tls(&e) {
+            FetchError::Tls { host: url.host.clone(), reason: chain(&e) }
+        } else {
+            FetchError::Http(chain(&e))
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(http)?;
     let driver = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
     let host = if url.host.contains(':') { format!("[{}]", url.host) } else { url.host.clone() };
     let host = if url.port == url.default_port() { host } else { format!("{host}:{}", url.port) };
     let method = match req.method {
-        CheckMethod::Get => hyper::Method::GET,
-        CheckMethod::Head => hyper::Method::HEAD,
+        Method::Get => hyper::Method::GET,
+        Method::Head => hyper::Method::HEAD,
+        Method::Post => hyper::Method::POST,
     };
     let mut b = hyper::Request::builder()
         .method(method)
@@ -140,15 +202,24 @@ where
     for h in req.headers {
         b = b.header(h.name.as_str(), h.value.as_str());
     }
-    let r = b.body(Empty::<Bytes>::new()).map_err(|e| FetchError::Http(e.to_string()))?;
+    let body = match req.body {
+        Some((content_type, data)) => {
+            b = b.header(hyper::header::CONTENT_TYPE, content_type);
+            Full::new(Bytes::copy_from_slice(data))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let r = b.body(body).map_err(|e| FetchError::Http(e.to_string()))?;
     let resp = sender.send_request(r).await.map_err(http)?;
     let status = resp.status().as_u16();
     let retry_after = resp.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = Limited::new(resp.into_body(), max).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             FetchError::TooLarge(max)
+        } else if is_tls(e.as_ref()) {
+            FetchError::Tls { host: url.host.clone(), reason: chain(e.as_ref()) }
         } else {
-            FetchError::Http(e.to_string())
+            FetchError::Http(chain(e.as_ref()))
         }
     })?;
     drop(driver);
@@ -190,7 +261,8 @@ mod tests {
         ));
         let u = url(true, 443);
         let headers = [Header { name: "X-MBX-APIKEY".into(), value: "k".into() }];
-        let a = request(c, &Request { method: CheckMethod::Get, url: &u, headers: &headers }, 1024).await.unwrap();
+        let a =
+            request(c, &Request { method: Method::Get, url: &u, headers: &headers, body: None }, 1024).await.unwrap();
         assert_eq!(a, Answer { status: 418, retry_after: Some("120".into()), body: b"banned".to_vec() });
         let sent = server.await.unwrap();
         assert!(sent.starts_with("GET /api/v3/ping?x=1 HTTP/1.1\r\n"), "{sent}");
@@ -204,7 +276,7 @@ mod tests {
         let (c, s) = tokio::io::duplex(4096);
         tokio::spawn(serve(s, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"));
         let u = url(false, 8080);
-        let a = request(c, &Request { method: CheckMethod::Head, url: &u, headers: &[] }, 16).await.unwrap();
+        let a = request(c, &Request { method: Method::Head, url: &u, headers: &[], body: None }, 16).await.unwrap();
         assert_eq!((a.status, a.body.len()), (200, 0), "HEAD has no body");
 
         let (c, s) = tokio::io::duplex(4096);
@@ -212,12 +284,12 @@ mod tests {
             s,
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789012345678901234567890123456789",
         ));
-        let e = request(c, &Request { method: CheckMethod::Get, url: &u, headers: &[] }, 16).await.unwrap_err();
+        let e = request(c, &Request { method: Method::Get, url: &u, headers: &[], body: None }, 16).await.unwrap_err();
         assert!(matches!(e, FetchError::TooLarge(16)), "{e}");
 
         let (c, s) = tokio::io::duplex(4096);
         tokio::spawn(serve(s, b"SSH-2.0-OpenSSH_9.2\r\n\r\n"));
-        let e = request(c, &Request { method: CheckMethod::Get, url: &u, headers: &[] }, 16).await.unwrap_err();
+        let e = request(c, &Request { method: Method::Get, url: &u, headers: &[], body: None }, 16).await.unwrap_err();
         assert!(matches!(e, FetchError::Http(_)), "{e}");
     }
 }

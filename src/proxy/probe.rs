@@ -119,7 +119,11 @@ pub async fn check(
                 Ok(Verdict::Ok)
             }
             Some((p, HealthTarget::Http(url))) => {
-                let req = Request { method: p.check.method, url, headers: &p.check.headers };
+                let method = match p.check.method {
+                    CheckMethod::Get => fetch::Method::Get,
+                    CheckMethod::Head => fetch::Method::Head,
+                };
+                let req = Request { method, url, headers: &p.check.headers, body: None };
                 let a = fetch::fetch(up, &req, p.tls.as_ref(), MAX_RESPONSE)
                     .await
                     .map_err(|e| CheckError::fetch(&what, e))?;
@@ -140,7 +144,7 @@ pub async fn egress_ip(up: &Upstream, e: &EgressProbe) -> Result<IpAddr, CheckEr
     let url = &e.check.url;
     let what = format!("egress check {url}");
     let work = async {
-        let req = Request { method: CheckMethod::Get, url, headers: &[] };
+        let req = Request { method: fetch::Method::Get, url, headers: &[], body: None };
         let a =
             fetch::fetch(up, &req, e.tls.as_ref(), MAX_RESPONSE).await.map_err(|err| CheckError::fetch(&what, err))?;
         match a.status {
