@@ -125,6 +125,8 @@ impl Manager {
                     errors.push(format!("{label}: burned by check {check}: {reason}"));
                 }
                 Err(Fail::Error(e)) if e.is_local() => errors.push(format!("{label}: {e}")),
+                // The exchange's trouble is not this candidate's fault.
+                Err(f @ Fail::Trouble { .. }) => errors.push(format!("{label}: {f}")),
                 Err(f) => {
                     let ev = self.h.lock().failure(label, &f.to_string(), true, self.h.now());
                     self.commit(ev);
