@@ -36,8 +36,8 @@ pub struct Figures {
     pub stats: Snapshot,
     pub failovers: u64,
     pub rotations: u64,
-    /// Burns found by health checks.
-    pub burns: u64,
+    /// Burns found by health checks, by reason.
+    pub burns: Vec<(String, u64)>,
     pub all_down: bool,
     pub active: Option<String>,
     pub proxies: Vec<ProxyFigures>,
@@ -93,11 +93,12 @@ pub fn render(f: &Figures) -> String {
     metric("udp_refused_total", "counter", "UDP packets refused (ICMP unreachable).", &one(s.udp_refused));
     metric("failovers_total", "counter", "Switches to another proxy after a failure.", &one(f.failovers));
     metric("rotations_total", "counter", "Manual rotations.", &one(f.rotations));
+    let rows: Vec<_> = f.burns.iter().map(|(r, v)| (format!("reason=\"{}\"", esc(r)), v.to_string())).collect();
     metric(
         "burns_total",
         "counter",
-        "Proxies burned because a health check saw the exchange refuse their IP.",
-        &one(f.burns),
+        "Proxies burned because a health check saw the exchange refuse their IP, by reason.",
+        &rows,
     );
     metric("pool_down", "gauge", "1 while every proxy is unusable (flows refused).", &one(f.all_down as u64));
 
@@ -243,7 +244,7 @@ mod tests {
             stats: Snapshot { flows_opened: 7, bytes_up: 10, bytes_down: 20, dns_nxdomain: 2, ..Default::default() },
             failovers: 1,
             rotations: 2,
-            burns: 3,
+            burns: vec![("status_418".into(), 3)],
             all_down: false,
             active: Some("b".into()),
             proxies: vec![
@@ -272,7 +273,7 @@ mod tests {
             "nsproxy_dns_answers_total{account=\"acct\",mode=\"fake-ip\",result=\"nxdomain\"} 2",
             "nsproxy_failovers_total{account=\"acct\"} 1",
             "nsproxy_rotations_total{account=\"acct\"} 2",
-            "nsproxy_burns_total{account=\"acct\"} 3",
+            "nsproxy_burns_total{account=\"acct\",reason=\"status_418\"} 3",
             "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"burned\"} 1",
             "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"active\"} 0",
             "nsproxy_active_proxy_info{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\",egress_ip=\"192.0.2.9\"} 1",

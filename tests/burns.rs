@@ -46,8 +46,8 @@ fn account(tag: &str, topo: &Topology, checks: &str) -> Account {
     for (i, p) in topo.proxies.iter().enumerate() {
         a.secret(&format!("pw{i}"), &p.pass);
     }
-    let ca = std::fs::read_to_string(topo.dir.join("origin-ca.pem")).expect("the origin's CA");
-    a.secret("origin-ca.pem", &ca);
+    // The CA is no secret: copied as is (not a canary).
+    std::fs::copy(topo.dir.join("origin-ca.pem"), a.dir.join("origin-ca.pem")).expect("the origin's CA");
     a
 }
 
@@ -95,7 +95,8 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
     assert!(log.contains(&format!("egress_ip={e2}")), "the new egress IP is fetched and logged");
     let sock = a.dir.join("metrics.sock");
     let m = must(&format!("curl -sS --max-time 5 --unix-socket {} http://x/metrics", sock.display()));
-    assert!(m.contains("nsproxy_burns_total{account=\"bn\"} 1"), "{m}");
+    let want = format!("nsproxy_burns_total{{account=\"{}\",reason=\"status_418\"}} 1", a.name);
+    assert!(m.contains(&want), "{want} in:\n{m}");
 
     // Retry-After 6: a standby again soon after (the ban is lifted too).
     ban(&topo, "");

@@ -76,7 +76,14 @@ pub fn collect(pool: &PoolHandle, dp: &Observer, dns_mode: &str) -> Figures {
         stats: dp.snapshot(),
         failovers: pool.counters.failovers.load(Relaxed),
         rotations: pool.counters.rotations.load(Relaxed),
-        burns: pool.counters.burns.load(Relaxed),
+        burns: pool
+            .counters
+            .burns_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
         all_down: pool.all_down.load(Relaxed),
         active: p.active().map(str::to_string),
         proxies,

@@ -42,6 +42,17 @@ impl Fail {
     }
 }
 
+/// The metric label of a burn's reason: `body` for a body match, else
+/// `status_NNN` (a bounded set: statuses are three digits).
+fn burn_key(reason: &str) -> String {
+    if reason.contains("body matches") {
+        return "body".into();
+    }
+    let status: String =
+        reason.strip_prefix("HTTP status ").unwrap_or("").chars().take_while(char::is_ascii_digit).take(3).collect();
+    if status.len() == 3 { format!("status_{status}") } else { "other".into() }
+}
+
 /// Which checks to run.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Which<'a> {
@@ -118,6 +129,8 @@ impl Manager {
         let full = format!("check {check}: {reason}");
         let ev = self.h.lock().burn_because(label, until, &full);
         self.h.counters.burns.fetch_add(1, Relaxed);
+        let key = burn_key(reason);
+        *self.h.counters.burns_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
         let was_active = ev.iter().any(|e| matches!(e, super::state::Event::NeedFailover { .. }));
         self.commit(ev);
         if was_active && self.cfg.reset_flows_on_burn {
@@ -199,5 +212,15 @@ impl Manager {
                 Err(e.to_string())
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn burn_reasons_make_few_metric_labels() {
+        assert_eq!(super::burn_key("HTTP status 418: {\"code\":-1003}"), "status_418");
+        assert_eq!(super::burn_key("HTTP status 403, body matches \"x\": y"), "body");
+        assert_eq!(super::burn_key("something else"), "other");
     }
 }

@@ -36,6 +36,8 @@ pub struct PoolCounters {
     pub rotations: AtomicU64,
     /// Burns found by checks (manual ones are rotations).
     pub burns: AtomicU64,
+    /// The same, by reason (`status_418`, `body`).
+    pub burns_by_reason: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 /// A pool member's proxy and its counters.
 type Member = (Arc<Upstream>, Arc<ProxyCounters>);
