@@ -9,17 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn status_json(a: &Account) -> serde_json::Value {
-    let o = a.cmd(&["status", &a.name, "--json"]);
-    assert!(o.status.success(), "status: {}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("status json");
-    v[0].clone()
-}
-
-fn member(a: &Account, label: &str) -> serde_json::Value {
-    status_json(a)["pool"].as_array().and_then(|p| p.iter().find(|x| x["label"] == label).cloned()).unwrap_or_default()
-}
-
 fn seen_ip(a: &Account) -> Result<String, String> {
     let o = a.run(&format!("curl -sS --max-time 5 http://{HOSTNAME}/"));
     if o.status.success() { Ok(out(&o).trim().to_string()) } else { Err(err(&o)) }
@@ -76,7 +65,7 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
     ban(&topo, "");
     let a = account("bn", &topo, &two_checks());
     a.up();
-    wait_until("egress of p1 over https", Duration::from_secs(15), || status_json(&a)["egress_ip"] == e1.as_str());
+    wait_until("egress of p1 over https", Duration::from_secs(15), || a.status_json()["egress_ip"] == e1.as_str());
     assert_eq!(seen_ip(&a).unwrap(), e1);
 
     // Exchange B auto-bans p1's IP: 418, Retry-After 6 s.
@@ -86,7 +75,7 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
         seen_ip(&a).ok().as_deref() == Some(e2.as_str())
     });
     println!("replaced {:?} after the ban", t.elapsed());
-    let p1 = member(&a, "p1");
+    let p1 = a.member("p1");
     assert_eq!(p1["state"], "burned", "{p1}");
     let why = p1["burn_reason"].as_str().unwrap_or_default();
     assert!(why.contains("418") && why.contains("IP banned") && why.contains("check exchange-b"), "{why}");
@@ -100,14 +89,14 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
 
     // Retry-After 6: a standby again soon after (the ban is lifted too).
     ban(&topo, "");
-    wait_until("the burn expires", Duration::from_secs(15), || member(&a, "p1")["state"] == "standby");
+    wait_until("the burn expires", Duration::from_secs(15), || a.member("p1")["state"] == "standby");
     assert_eq!(seen_ip(&a).unwrap(), e2, "sticky: p2 stays active");
 
     // Now p2 is banned for a restricted location (451, no Retry-After):
     // burned for burn_for (24 h); back to p1.
     ban(&topo, &format!("{e2} 451\n"));
     wait_until("back to p1", Duration::from_secs(10), || seen_ip(&a).ok().as_deref() == Some(e1.as_str()));
-    let p2 = member(&a, "p2");
+    let p2 = a.member("p2");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let until = p2["burned_until"].as_u64().unwrap_or(0);
     assert!(p2["state"] == "burned" && until > now + 86_000, "24 h: {p2}");
@@ -116,15 +105,15 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
     ban(&topo, "");
     let o = a.down();
     assert!(o.status.success(), "down: {}", err(&o));
-    assert_eq!(member(&a, "p2")["state"], "burned", "shown while down");
+    assert_eq!(a.member("p2")["state"], "burned", "shown while down");
     a.up();
-    wait_until("p1 after restart", Duration::from_secs(15), || status_json(&a)["egress_ip"] == e1.as_str());
-    assert_eq!(member(&a, "p2")["state"], "burned");
+    wait_until("p1 after restart", Duration::from_secs(15), || a.status_json()["egress_ip"] == e1.as_str());
+    assert_eq!(a.member("p2")["state"], "burned");
 
     // unburn lifts it.
     let o = a.cmd(&["unburn", &a.name, "p2"]);
     assert!(o.status.success() && out(&o).contains("no longer burned"), "{}{}", out(&o), err(&o));
-    assert_eq!(member(&a, "p2")["state"], "standby");
+    assert_eq!(a.member("p2")["state"], "standby");
     let o = a.cmd(&["unburn", &a.name, "p2"]);
     assert!(!o.status.success() && err(&o).contains("not burned"), "{}", err(&o));
     // `check` prints each check's classified result.
@@ -145,14 +134,14 @@ fn an_exchange_outage_burns_nothing_and_a_wrong_ca_is_a_tls_error() {
     ban(&topo, "");
     let a = account("ou", &topo, &two_checks());
     a.up();
-    wait_until("egress of p1", Duration::from_secs(15), || status_json(&a)["egress_ip"] == e1.as_str());
+    wait_until("egress of p1", Duration::from_secs(15), || a.status_json()["egress_ip"] == e1.as_str());
 
     // 503 to everyone for several intervals: no burn, no switch.
     ban(&topo, "* 503\n");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(seen_ip(&a).unwrap(), e1, "no switch during an exchange outage");
-    assert_eq!(member(&a, "p1")["state"], "active");
-    assert_eq!(member(&a, "p2")["state"], "standby");
+    assert_eq!(a.member("p1")["state"], "active");
+    assert_eq!(a.member("p2")["state"], "standby");
     let log = a.log();
     assert!(log.contains("the exchange is down; nothing burned or switched"), "{log}");
     assert!(!log.contains("BURNED") && !log.contains("failover"), "{log}");
@@ -167,9 +156,9 @@ fn an_exchange_outage_burns_nothing_and_a_wrong_ca_is_a_tls_error() {
     let b = account("ca", &topo, &checks);
     b.up();
     wait_until("checks failed", Duration::from_secs(15), || {
-        member(&b, "p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+        b.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
     });
-    let p1 = member(&b, "p1");
+    let p1 = b.member("p1");
     let e = p1["last_error"].as_str().unwrap_or_default();
     assert!(e.contains("health check untrusted") && e.contains("TLS with api.exchange.test: "), "{e}");
     assert!(e.contains("UnknownIssuer") || e.contains("certificate"), "{e}");

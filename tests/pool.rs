@@ -42,20 +42,8 @@ fn pool_account(tag: &str, topo: &Topology, per_proxy: &[&str], extra: &str) -> 
 
 const CHECKS: &str = "    health_check:\n      interval: 1s\n      timeout: 2s\n      target: http://api.exchange.test/\n      failures_before_unhealthy: 2\n    egress_check:\n      url: http://api.exchange.test/\n";
 
-fn status_json(a: &Account) -> serde_json::Value {
-    let o = a.cmd(&["status", &a.name, "--json"]);
-    assert!(o.status.success(), "status: {}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("status json");
-    v[0].clone()
-}
-
 fn pool_state(a: &Account, label: &str) -> String {
-    let s = status_json(a);
-    s["pool"]
-        .as_array()
-        .and_then(|p| p.iter().find(|x| x["label"] == label))
-        .map(|x| x["state"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
+    a.member(label)["state"].as_str().unwrap_or("").to_string()
 }
 
 /// The address the origin saw for one HTTP request from inside.
@@ -104,7 +92,7 @@ fn failover_when_the_active_proxy_dies() {
     let extra = format!("{CHECKS}    metrics:\n      listen: unix:{{secrets}}/metrics.sock\n");
     let a = pool_account("fo", &topo, &[], &extra);
     a.up();
-    wait_until("egress IP of p1 recorded", Duration::from_secs(10), || status_json(&a)["egress_ip"] == e1.as_str());
+    wait_until("egress IP of p1 recorded", Duration::from_secs(10), || a.status_json()["egress_ip"] == e1.as_str());
     assert_eq!(seen_ip(&a, &format!("http://{HOSTNAME}/")).unwrap(), e1);
 
     // A steady request loop (new connection each time) across the failure.
@@ -147,7 +135,7 @@ fn failover_when_the_active_proxy_dies() {
         log.contains(&format!("egress_ip={e2}")) || log.contains(&format!("egress_ip: {e2}")),
         "new egress IP logged:\n{log}"
     );
-    let s = status_json(&a);
+    let s = a.status_json();
     assert_eq!(s["active_proxy"], "p2");
     assert_eq!(s["egress_ip"], e2.as_str());
     assert_eq!(pool_state(&a, "p1"), "unhealthy");
@@ -202,7 +190,7 @@ fn rotate_burn_reset_flows_and_restart() {
     let (e1, e2) = (topo.proxies[0].egress.to_string(), topo.proxies[1].egress.to_string());
     let a = pool_account("rb", &topo, &[], CHECKS);
     a.up();
-    wait_until("egress of p1", Duration::from_secs(10), || status_json(&a)["egress_ip"] == e1.as_str());
+    wait_until("egress of p1", Duration::from_secs(10), || a.status_json()["egress_ip"] == e1.as_str());
 
     // A WebSocket held open through p1.
     let mut ws = a.python_spawn(WS_PY, &[]);
@@ -233,7 +221,7 @@ fn rotate_burn_reset_flows_and_restart() {
     let o = a.down();
     assert!(o.status.success(), "down: {}", err(&o));
     a.up();
-    wait_until("egress of p2 after restart", Duration::from_secs(10), || status_json(&a)["egress_ip"] == e2.as_str());
+    wait_until("egress of p2 after restart", Duration::from_secs(10), || a.status_json()["egress_ip"] == e2.as_str());
     assert_eq!(pool_state(&a, "p1"), "burned");
     assert_eq!(seen_ip(&a, &format!("http://{HOSTNAME}/")).unwrap(), e2);
     let o = a.cmd(&["rotate", &a.name, "--to", "p1"]);
@@ -254,7 +242,7 @@ fn pinned_egress_mismatch_marks_the_proxy_unhealthy() {
     let a = pool_account("eg", &topo, &["        expected_egress_ip: 192.0.2.123\n"], CHECKS);
     a.up();
     wait_until("p1 unhealthy", Duration::from_secs(10), || pool_state(&a, "p1") == "unhealthy");
-    let s = status_json(&a);
+    let s = a.status_json();
     let p1 = &s["pool"][0];
     assert!(p1["last_error"].as_str().unwrap_or("").contains("not the pinned 192.0.2.123"), "{p1}");
     assert_eq!(p1["last_egress_ip"], topo.proxies[0].egress.to_string().as_str());
@@ -286,7 +274,7 @@ fn pinned_egress_mismatch_marks_the_proxy_unhealthy() {
     let t = Instant::now();
     let r = ask(b"{\"cmd\":");
     assert!(r.contains("no complete request") && t.elapsed() < Duration::from_secs(8), "slow client cut off: {r}");
-    assert_eq!(status_json(&a)["active_proxy"], "p2", "nothing changed");
+    assert_eq!(a.status_json()["active_proxy"], "p2", "nothing changed");
     let mode = must(&format!("stat -c %a {sock}"));
     assert_eq!(mode.trim(), "600");
     assert!(a.cmd(&["check", &a.name]).status.success(), "the daemon still answers");
@@ -374,7 +362,7 @@ fn corrupt_pool_state_keeps_the_account_down() {
     let o = a.cmd(&["up", &a.name]);
     assert!(!o.status.success(), "up must refuse a corrupt pool state");
     assert!(err(&o).contains("pool.json is corrupt") && err(&o).contains("delete it"), "{}", err(&o));
-    let s = status_json(&a);
+    let s = a.status_json();
     assert_eq!(s["state"], "down");
     assert!(s["pool_error"].as_str().unwrap_or("").contains("corrupt"));
 }

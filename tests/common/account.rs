@@ -191,6 +191,22 @@ impl Account {
         std::fs::read_to_string(format!("/run/nsproxy/{}/daemon.log", self.name)).unwrap_or_default()
     }
 
+    /// `nsproxy status ACCOUNT --json` of this account.
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.cmd(&["status", &self.name, "--json"]);
+        assert!(o.status.success(), "status: {}", err(&o));
+        let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("status json");
+        v[0].clone()
+    }
+
+    /// One pool member as `status --json` shows it (Null if absent).
+    pub fn member(&self, label: &str) -> serde_json::Value {
+        self.status_json()["pool"]
+            .as_array()
+            .and_then(|p| p.iter().find(|x| x["label"] == label).cloned())
+            .unwrap_or_default()
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         std::fs::read_to_string(format!("/run/nsproxy/{}/stats.json", self.name))
             .ok()
