@@ -124,8 +124,8 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
 }
 
 #[test]
-fn an_exchange_outage_burns_nothing_and_a_wrong_ca_is_a_tls_error() {
-    if !root_or_skip("an_exchange_outage_burns_nothing_and_a_wrong_ca_is_a_tls_error") {
+fn an_exchange_outage_burns_nothing_and_a_wrong_ca_or_name_is_a_tls_error() {
+    if !root_or_skip("an_exchange_outage_burns_nothing_and_a_wrong_ca_or_name_is_a_tls_error") {
         return;
     }
     let _g = serial();
@@ -164,5 +164,23 @@ fn an_exchange_outage_burns_nothing_and_a_wrong_ca_is_a_tls_error() {
     assert!(e.contains("UnknownIssuer") || e.contains("certificate"), "{e}");
     assert_ne!(p1["state"], "burned");
     assert!(!b.log().contains("BURNED"));
+    b.down();
+
+    // The right CA, but the certificate is for another name than the one
+    // asked for (the origin's address): a TLS error, not a burn.
+    let ip = topo.proxies[0].origin_ip;
+    let checks = format!(
+        "    health_check:\n      name: wrong-name\n      target: https://{ip}:8443/api/x/ping\n      ca_file: {{secrets}}/origin-ca.pem\n      interval: 1s\n      timeout: 3s\n"
+    );
+    let c = account("nm", &topo, &checks);
+    c.up();
+    wait_until("checks failed", Duration::from_secs(15), || {
+        c.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+    });
+    let p1 = c.member("p1");
+    let e = p1["last_error"].as_str().unwrap_or_default().to_ascii_lowercase();
+    assert!(e.contains("health check wrong-name") && e.contains("not valid for name"), "{e}");
+    assert_ne!(p1["state"], "burned");
+    assert!(!c.log().contains("BURNED"));
     assert!(!topo.leaked());
 }
