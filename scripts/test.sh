@@ -16,7 +16,8 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --bench proxy
 cargo test --locked --lib --bins --tests
 # Bad input: a short libFuzzer run of every fuzz target (packets, DNS,
-# proxy replies, policies, control requests, service answers), from the
+# proxy replies, policies, control requests, service answers, check
+# answers), from the
 # corpus kept in fuzz/corpus. Longer runs: scripts/fuzz.sh 600.
 ./scripts/fuzz.sh 20
 # The VM stage: the Vagrant VM booted offline, the .deb and its systemd
