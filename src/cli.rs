@@ -197,9 +197,13 @@ pub enum PolicyCommand {
 }
 
 /// Writes the completion script for `shell` (from the CLI definition).
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "nsproxy", out);
+    // Rendered first: clap_complete panics when its writer fails (a closed
+    // pipe, `| head`); the write below reports it instead.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "nsproxy", &mut script);
+    out.write_all(&script).and_then(|()| out.flush())
 }
 
 /// Writes the manual page (roff), from the CLI definition.
@@ -249,7 +253,7 @@ mod tests {
     #[test]
     fn completions_and_the_man_page_cover_every_visible_command() {
         let mut bash = Vec::new();
-        completions(clap_complete::Shell::Bash, &mut bash);
+        completions(clap_complete::Shell::Bash, &mut bash).expect("render");
         let bash = String::from_utf8(bash).expect("utf-8");
         let mut man = Vec::new();
         man_page(&mut man).expect("render");

@@ -33,8 +33,15 @@ fn main() -> ExitCode {
     }
     match &cli.command {
         Command::Completions { shell } => {
-            nsproxy::cli::completions(*shell, &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            return match nsproxy::cli::completions(*shell, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `| head` closed the pipe: what was wanted was read.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nsproxy: completions: cannot write the script: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Man { dir: None } => {
             return match nsproxy::cli::man_page(&mut std::io::stdout()) {

@@ -209,3 +209,18 @@ fn the_namespace_comes_from_the_state_then_the_policy_then_the_default() {
     std::fs::write(run.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
     assert_eq!(AccountPlan::known(host.paths(), "acct", || Some("from-policy".into())).namespace, "from-state");
 }
+
+#[test]
+fn down_leaves_a_file_an_admin_put_in_etc_netns() {
+    let (_dir, host) = setup("admin");
+    host.netns_create("nsp-acct").unwrap();
+    host.etc_netns_write("nsp-acct", "198.18.0.2".parse().unwrap()).unwrap();
+    let etc = host.paths().etc_netns_dir("nsp-acct");
+    std::fs::write(etc.join("hosts"), "10.0.0.5 db.internal\n").unwrap();
+    AccountPlan::known(host.paths(), "acct", || None).teardown(&host, false).expect("down");
+    assert!(!etc.join("resolv.conf").exists() && !etc.join("nsswitch.conf").exists(), "nsproxy's files go");
+    assert_eq!(std::fs::read_to_string(etc.join("hosts")).unwrap(), "10.0.0.5 db.internal\n", "the admin's stays");
+    std::fs::remove_file(etc.join("hosts")).unwrap();
+    AccountPlan::known(host.paths(), "acct", || None).teardown(&host, false).expect("down again");
+    assert!(!etc.exists(), "an empty directory goes");
+}

@@ -18,6 +18,9 @@ use crate::published::stats::Snapshot;
 /// One pool member as `status` shows it.
 #[derive(Debug, Serialize)]
 pub struct ProxyStatus {
+    /// Shown in the table; in JSON the record's own `label` stands for it
+    /// (one key, not two).
+    #[serde(skip)]
     pub label: String,
     pub endpoint: String,
     pub priority: u32,
@@ -431,6 +434,18 @@ account:   acct
         assert!(lines[0].starts_with("ACCOUNT") && lines[0].ends_with("PROXY"));
         assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["acct", "up", "nsp-acct", "4242"]);
         assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["b", "down", "nsp-acct", "-", "-"]);
+    }
+
+    #[test]
+    fn json_has_each_key_once() {
+        let a = up_account();
+        for p in &a.pool {
+            let json = serde_json::to_string(p).unwrap();
+            assert_eq!(json.matches("\"label\":").count(), 1, "{json}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(v["pool"][1]["label"], "p2");
+        assert_eq!(v["pool"][1]["burn_reason"], "check binance: HTTP status 403");
     }
 
     #[test]

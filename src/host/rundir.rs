@@ -183,7 +183,8 @@ pub fn accounts_with_rundir(paths: &Paths) -> Vec<String> {
 }
 
 /// Writes `path` through a temporary file and rename, so readers never see a
-/// half-written file.
+/// half-written file; the file and then its directory are synced, so the
+/// new content survives a crash or power loss (burns survive reboots).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let err = |source| RunDirError::Write { path: path.into(), source };
@@ -196,7 +197,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirErr
         .open(&tmp)
         .map_err(err)?;
     f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    fs::rename(&tmp, path).map_err(err)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
 }
 
 /// Writes resolv.conf (nameserver = the stack's DNS address) and an
@@ -237,11 +240,24 @@ pub fn nsswitch_for_namespace(host: &str) -> String {
     out
 }
 
-/// Removes `/etc/netns/<ns>`; already gone is success.
+/// The files nsproxy writes under `/etc/netns/<ns>`.
+pub const ETC_NETNS_FILES: &[&str] = &["resolv.conf", "nsswitch.conf"];
+
+/// Removes the files nsproxy wrote under `/etc/netns/<ns>`, and the
+/// directory once it is empty; a file an admin put there (`hosts`) stays,
+/// with its directory. Already gone is success.
 pub fn remove_etc_netns(paths: &Paths, namespace: &str) -> io::Result<()> {
-    match fs::remove_dir_all(paths.etc_netns_dir(namespace)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let dir = paths.etc_netns_dir(namespace);
+    for f in ETC_NETNS_FILES {
+        match fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match fs::remove_dir(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => Ok(()),
     }
 }
 
