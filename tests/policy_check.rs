@@ -73,3 +73,31 @@ fn good_policy_passes_with_zero_exit() {
     assert!(text.contains("OK: 1 account(s) in 1 file(s): ok"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn problems_come_in_file_order_with_suggestions() {
+    let dir = std::env::temp_dir().join(format!("nsproxy-order-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("p.yaml");
+    std::fs::write(
+        &file,
+        "accounts:
+  - name: a
+    proxies: [{label: p, url: 'socks5://10.0.0.1:1080'}]
+  - name: a
+    proxies: [{label: p, url: 'socks5://10.0.0.1:1080'}]
+  - name: c
+    helth_check: {target: 'tcp://x.test:1'}
+    proxies: [{label: p, url: 'socks5://10.0.0.1:99999'}]
+",
+    )
+    .expect("write");
+    let o = Command::new(BIN).args(["policy", "check"]).arg(&file).output().expect("run nsproxy");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&o.stderr).to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("p.yaml:")).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].contains("p.yaml:4:") && lines[0].contains("duplicate account name"), "{text}");
+    assert!(lines[1].contains("p.yaml:7:") && lines[1].contains("(did you mean \"health_check\"?)"), "{text}");
+    assert!(lines[2].contains("p.yaml:8:") && lines[2].contains("invalid port"), "{text}");
+}

@@ -5,6 +5,7 @@ pub mod duration;
 pub mod lines;
 pub mod model;
 pub mod overrides;
+pub mod suggest;
 pub mod urls;
 mod validate;
 
@@ -139,6 +140,9 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<Vec<Account>, Problems> {
         }
     }
     validate::check_unique(&accounts, &mut problems);
+    // By file, then line (problems without a line, such as overrides, last
+    // within their file); the order found stays for equal places.
+    problems.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.unwrap_or(usize::MAX).cmp(&b.line.unwrap_or(usize::MAX))));
     if problems.is_empty() { Ok(accounts) } else { Err(Problems(problems)) }
 }
 
@@ -148,8 +152,9 @@ pub fn load_account(path: &Path, ov: &Overrides, name: &str) -> Result<Account, 
     let known: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
     accounts.into_iter().find(|a| a.name == name).ok_or_else(|| {
         anyhow::anyhow!(
-            "no account named {name:?} in policy {} (accounts there: {})",
+            "no account named {name:?} in policy {}{} (accounts there: {})",
             path.display(),
+            suggest::hint(name, known.iter().map(String::as_str)),
             if known.is_empty() { "none".to_string() } else { known.join(", ") }
         )
     })

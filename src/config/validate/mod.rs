@@ -61,7 +61,8 @@ impl Ctx<'_> {
                 Some(s) if known.contains(&s) => {}
                 Some(s) => {
                     let p = path.key(s);
-                    self.problem(&p, format!("unknown field {s:?}; expected one of: {}", known.join(", ")));
+                    let hint = super::suggest::hint(s, known.iter().copied());
+                    self.problem(&p, format!("unknown field {s:?}{hint}; expected one of: {}", known.join(", ")));
                 }
                 None => self.problem(path, "keys must be strings"),
             }
