@@ -443,3 +443,63 @@ accounts:
         "{all}"
     );
 }
+
+#[test]
+fn health_checks_as_a_list_with_every_field_and_their_problems() {
+    let text = "\
+accounts:
+  - name: a
+    proxies: [{label: p, url: 'socks5://10.0.0.1:1080'}]
+    health_check:
+      - name: binance
+        target: https://api.binance.com/api/v3/ping
+        method: head
+        headers: {X-MBX-APIKEY: s3cr3t-key-value}
+        expect_status: [200]
+        burn_on: {status: [418], body: ['IP banned', '/code\":-10[0-9]+/']}
+        burn_for: forever
+        ca_file: /etc/nsproxy/ca.pem
+        interval: 45s
+        failures_before_unhealthy: 5
+      - target: tcp://api.kraken.com:443
+        interval: 10s
+    pool: {on_burn: reset-flows}
+    egress_check: {url: 'https://api.ipify.org', ca_file: /etc/nsproxy/ca.pem}
+";
+    let a = &parse(text).unwrap()[0];
+    assert_eq!(a.health_checks.len(), 2);
+    let b = &a.health_checks[0];
+    assert_eq!((b.name.as_str(), b.method, b.burn_for), ("binance", CheckMethod::Head, None));
+    assert_eq!(b.target.to_string(), "https://api.binance.com/api/v3/ping");
+    assert_eq!((b.expect_status.clone(), b.burn_on.status.clone()), (vec![200], vec![418]));
+    assert_eq!(a.health_checks[1].name, "api.kraken.com", "named after the target's host");
+    assert_eq!(a.health_checks[1].burn_on.status, vec![403, 418, 451], "the default burn statuses");
+    assert_eq!(a.failure_threshold(), 3, "the strictest check's threshold");
+    assert_eq!(a.pool.on_burn, OnBurn::ResetFlows);
+    assert!(a.egress_check.as_ref().unwrap().url.tls);
+    // Header values are never shown: not in Debug, not in `policy show`.
+    let shown = format!("{:?} {}", b, serde_json::to_string(a).unwrap());
+    assert!(!shown.contains("s3cr3t-key-value") && shown.contains("X-MBX-APIKEY: <hidden>"), "{shown}");
+
+    let bad = "\
+accounts:
+  - name: a
+    proxies: [{label: p, url: 'socks5://10.0.0.1:1080'}]
+    health_check:
+      - {name: x, target: 'https://a.test/', method: POST, expect_status: [700], burn_on: {body: ['/(/']}, ca_file: rel.pem}
+      - {name: x, target: 'tcp://a.test:1', headers: {Host: y}}
+    pool: {on_burn: sometimes}
+";
+    let all = parse(bad).unwrap_err().join("\n");
+    for want in [
+        "health_check[0].method: expected GET or HEAD, got \"POST\"",
+        "health_check[0].expect_status: 700 is not an HTTP status",
+        "health_check[0].burn_on.body: \"/(/\": invalid regular expression",
+        "health_check[0].ca_file: expected an absolute path",
+        "health_check[1].headers: Host is set by nsproxy",
+        "health_check[1].headers: applies to http:// and https:// targets only",
+        "pool.on_burn: expected keep-flows or reset-flows, got \"sometimes\"",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
