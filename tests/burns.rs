@@ -148,39 +148,36 @@ fn an_exchange_outage_burns_nothing_and_a_wrong_ca_or_name_is_a_tls_error() {
     ban(&topo, "");
     a.down();
 
-    // A check that does not trust the origin's CA: a TLS error naming the
-    // check, counted as a failure, never a burn.
-    let checks = format!(
-        "    health_check:\n      name: untrusted\n      target: https://{HOSTNAME}:8443/api/x/ping\n      interval: 1s\n      timeout: 3s\n"
-    );
-    let b = account("ca", &topo, &checks);
-    b.up();
-    wait_until("checks failed", Duration::from_secs(15), || {
-        b.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
-    });
-    let p1 = b.member("p1");
-    let e = p1["last_error"].as_str().unwrap_or_default();
-    assert!(e.contains("health check untrusted") && e.contains("TLS with api.exchange.test: "), "{e}");
+    // A check that does not trust the origin's CA, and one with the right
+    // CA but a certificate for another name than asked for (the origin's
+    // address): TLS errors naming the check, counted as failures, no burn.
+    let untrusted = format!("https://{HOSTNAME}:8443/api/x/ping");
+    let e = tls_failure(&topo, "ca", "untrusted", &untrusted, "");
+    assert!(e.contains("TLS with api.exchange.test: "), "{e}");
     assert!(e.contains("UnknownIssuer") || e.contains("certificate"), "{e}");
-    assert_ne!(p1["state"], "burned");
-    assert!(!b.log().contains("BURNED"));
-    b.down();
-
-    // The right CA, but the certificate is for another name than the one
-    // asked for (the origin's address): a TLS error, not a burn.
-    let ip = topo.proxies[0].origin_ip;
-    let checks = format!(
-        "    health_check:\n      name: wrong-name\n      target: https://{ip}:8443/api/x/ping\n      ca_file: {{secrets}}/origin-ca.pem\n      interval: 1s\n      timeout: 3s\n"
-    );
-    let c = account("nm", &topo, &checks);
-    c.up();
-    wait_until("checks failed", Duration::from_secs(15), || {
-        c.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
-    });
-    let p1 = c.member("p1");
-    let e = p1["last_error"].as_str().unwrap_or_default().to_ascii_lowercase();
-    assert!(e.contains("health check wrong-name") && e.contains("not valid for name"), "{e}");
-    assert_ne!(p1["state"], "burned");
-    assert!(!c.log().contains("BURNED"));
+    let by_address = format!("https://{}:8443/api/x/ping", topo.proxies[0].origin_ip);
+    let e = tls_failure(&topo, "nm", "wrong-name", &by_address, "      ca_file: {secrets}/origin-ca.pem\n");
+    assert!(e.to_ascii_lowercase().contains("not valid for name"), "{e}");
     assert!(!topo.leaked());
+}
+
+/// An account whose one check (`name`, `target`) cannot make its TLS
+/// session: waits for the failure and returns p1's last error, after
+/// checking it names the check and nothing was burned.
+fn tls_failure(topo: &Topology, tag: &str, name: &str, target: &str, extra: &str) -> String {
+    let checks = format!(
+        "    health_check:\n      name: {name}\n      target: {target}\n      interval: 1s\n      timeout: 3s\n{extra}"
+    );
+    let a = account(tag, topo, &checks);
+    a.up();
+    wait_until("checks failed", Duration::from_secs(15), || {
+        a.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+    });
+    let p1 = a.member("p1");
+    let e = p1["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(e.contains(&format!("health check {name}")), "{e}");
+    assert_ne!(p1["state"], "burned");
+    assert!(!a.log().contains("BURNED"));
+    a.down();
+    e
 }
