@@ -289,3 +289,36 @@ fn exec_on_a_systemd_resolved_host_uses_the_account_resolver() {
     assert!(lines.contains(&"nameserver 198.18.0.2"), "inside, the account's resolver: {text}");
     assert!(!lines.iter().skip(1).any(|l| l.contains("127.0.0.53") || l.contains("io.systemd.Resolve")), "{text}");
 }
+
+#[test]
+fn sighup_is_a_failure_exit_and_sigterm_a_clean_one_in_the_foreground() {
+    if !root_or_skip("sighup_is_a_failure_exit_and_sigterm_a_clean_one_in_the_foreground") {
+        return;
+    }
+    let a = simple_account("hu");
+    // `up --foreground`, as systemd runs it.
+    let run = |signal: &str| -> (Option<i32>, String) {
+        let child = std::process::Command::new(BIN)
+            .arg("--policies")
+            .arg(&a.policy)
+            .args(["up", &a.name, "--foreground"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the daemon in the foreground");
+        let pid = child.id() as i32;
+        wait_until("the foreground daemon is up", Duration::from_secs(30), || {
+            a.daemon_pid() == Some(pid) && a.status_json()["state"] == "up"
+        });
+        must(&format!("kill -{signal} {pid}"));
+        let o = child.wait_with_output().expect("wait");
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, stderr) = run("HUP");
+    assert_eq!(code, Some(1), "SIGHUP must not look like a clean exit (Restart=on-failure): {stderr}");
+    assert!(stderr.contains("stopped by SIGHUP"), "{stderr}");
+    let (code, stderr) = run("TERM");
+    assert_eq!(code, Some(0), "SIGTERM is a clean stop: {stderr}");
+    assert!(a.down().status.success());
+    nothing_left(&a);
+}

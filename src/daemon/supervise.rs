@@ -49,10 +49,19 @@ pub fn serve(host: &dyn Host, s: Started, ready: impl FnOnce()) -> anyhow::Resul
         .build()
         .with_context(|| format!("account {name}: cannot start runtime"))?;
     let plan = s.plan.clone();
+    let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (res, claim) = rt.block_on(async {
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
-        supervise(s, shutdown_signal(), ready).await
+        supervise(s, shutdown_signal(hup.clone()), ready).await
     });
+    // SIGHUP is no clean stop: a unit with Restart=on-failure must bring
+    // the account back.
+    let res = match res {
+        Ok(()) if hup.load(std::sync::atomic::Ordering::Relaxed) => Err(anyhow::anyhow!(
+            "account {name}: stopped by SIGHUP; exiting with a failure so that a supervisor (Restart=on-failure) starts it again"
+        )),
+        other => other,
+    };
     drop(rt);
     tracing::info!(account = %name, "daemon stopping; the namespace has no route out until it is up again");
     let _ = notify::notify("STOPPING=1");
@@ -203,8 +212,8 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, ready: impl FnOnce(
     res
 }
 
-/// Resolves on SIGTERM, SIGINT or SIGHUP.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM, SIGINT or SIGHUP (and then sets `hup`).
+async fn shutdown_signal(hup_seen: Arc<std::sync::atomic::AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -215,7 +224,10 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        _ = hup.recv() => {}
+        _ = hup.recv() => {
+            tracing::warn!("SIGHUP: stopping, with a failure exit so that the account is started again");
+            hup_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
