@@ -14,7 +14,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # The benchmark's smoke run (1 round, 1 s) so it does not rot; figures in
 # docs/performance.md come from `cargo bench --bench proxy`.
 cargo test --locked --bench proxy
-cargo test --locked --lib --bins --tests
+# Every test binary runs even after one failed, so a red run shows all
+# that is wrong (the exit status is still the failure).
+cargo test --locked --no-fail-fast --lib --bins --tests
 # Bad input: a short libFuzzer run of every fuzz target (packets, DNS,
 # proxy replies, policies, control requests, service answers, check
 # answers), from the
