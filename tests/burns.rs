@@ -81,7 +81,10 @@ fn a_ban_is_found_over_https_and_the_proxy_replaced_then_expires_survives_restar
     assert!(why.contains("418") && why.contains("IP banned") && why.contains("check exchange-b"), "{why}");
     let log = a.log();
     assert!(log.contains("BURNED") && log.contains(&e1), "logged once with the egress IP: {log}");
-    assert!(log.contains(&format!("egress_ip={e2}")), "the new egress IP is fetched and logged");
+    // The egress check runs right after the switch, as flows move over.
+    wait_until("the new egress IP is fetched and logged", Duration::from_secs(10), || {
+        a.log().contains(&format!("egress_ip={e2}"))
+    });
     let sock = a.dir.join("metrics.sock");
     let m = must(&format!("curl -sS --max-time 5 --unix-socket {} http://x/metrics", sock.display()));
     let want = format!("nsproxy_burns_total{{account=\"{}\",reason=\"status_418\"}} 1", a.name);
