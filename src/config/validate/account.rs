@@ -100,14 +100,7 @@ pub(super) fn account(
     }
 
     let dns = dns(ctx, m, path);
-    let ipv6 = match ctx.get::<String>(m, "ipv6", path, "block or proxy").as_deref() {
-        None | Some("block") => Some(Ipv6Mode::Block),
-        Some("proxy") => Some(Ipv6Mode::Proxy),
-        Some(o) => {
-            ctx.problem(&path.key("ipv6"), format!("expected block or proxy, got {o:?}"));
-            None
-        }
-    };
+    let ipv6 = ctx.choice(m, "ipv6", path, &[("block", Ipv6Mode::Block), ("proxy", Ipv6Mode::Proxy)], Ipv6Mode::Block);
     let udp = match ctx.get::<String>(m, "udp", path, "block").as_deref() {
         None | Some("block") => Some(UdpMode::Block),
         Some("proxy") => {
@@ -140,15 +133,8 @@ pub(super) fn account(
                 } else {
                     Some(false)
                 };
-                let on_burn = match ctx.get::<String>(pm, "on_burn", &p, "keep-flows or reset-flows").as_deref() {
-                    None if pm.contains_key("on_burn") => None,
-                    None | Some("keep-flows") => Some(OnBurn::KeepFlows),
-                    Some("reset-flows") => Some(OnBurn::ResetFlows),
-                    Some(o) => {
-                        ctx.problem(&p.key("on_burn"), format!("expected keep-flows or reset-flows, got {o:?}"));
-                        None
-                    }
-                };
+                let choices = [("keep-flows", OnBurn::KeepFlows), ("reset-flows", OnBurn::ResetFlows)];
+                let on_burn = ctx.choice(pm, "on_burn", &p, &choices, OnBurn::KeepFlows);
                 Some(PoolPolicy { failback: failback?, on_burn: on_burn? })
             })
         }
@@ -232,15 +218,7 @@ pub(super) fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
     let Some(v) = m.get("dns") else { return Some(Dns { mode: DnsMode::FakeIp, resolver: None }) };
     let p = path.key("dns");
     let dm = ctx.mapping(v, &p, &["mode", "resolver"])?;
-    let mode = match ctx.get::<String>(dm, "mode", &p, "fake-ip or tcp").as_deref() {
-        None if dm.contains_key("mode") => None,
-        None | Some("fake-ip") => Some(DnsMode::FakeIp),
-        Some("tcp") => Some(DnsMode::Tcp),
-        Some(o) => {
-            ctx.problem(&p.key("mode"), format!("expected fake-ip or tcp, got {o:?}"));
-            None
-        }
-    };
+    let mode = ctx.choice(dm, "mode", &p, &[("fake-ip", DnsMode::FakeIp), ("tcp", DnsMode::Tcp)], DnsMode::FakeIp);
     let resolver = match ctx.get::<String>(dm, "resolver", &p, "an IP address with optional :port") {
         None => None,
         Some(r) => {

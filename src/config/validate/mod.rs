@@ -89,6 +89,31 @@ impl Ctx<'_> {
         self.get(m, key, path, what)
     }
 
+    /// A field that names one of `choices`; absent: `default`. Anything
+    /// else is a problem listing the choices.
+    fn choice<T: Copy>(
+        &mut self,
+        m: &Mapping,
+        key: &str,
+        path: &FieldPath,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Option<T> {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let what = names.join(" or ");
+        match self.get::<String>(m, key, path, &what) {
+            None if m.contains_key(key) => None,
+            None => Some(default),
+            Some(v) => match choices.iter().find(|(n, _)| *n == v) {
+                Some((_, t)) => Some(*t),
+                None => {
+                    self.problem(&path.key(key), format!("expected {what}, got {v:?}"));
+                    None
+                }
+            },
+        }
+    }
+
     fn duration(&mut self, m: &Mapping, key: &str, path: &FieldPath, default: Duration) -> Option<Duration> {
         let Some(v) = m.get(key) else { return Some(default) };
         let text = match v {
