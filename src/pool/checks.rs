@@ -61,6 +61,18 @@ pub(super) enum Which<'a> {
 }
 
 impl Manager {
+    /// The checks `which` names, by index into the policy's; `None` is the
+    /// one check there is without health checks: a connect to the proxy.
+    pub(super) fn runs(&self, which: Which<'_>) -> Vec<Option<usize>> {
+        if self.cfg.probes.is_empty() {
+            return vec![None];
+        }
+        match which {
+            Which::All => (0..self.cfg.probes.len()).map(Some).collect(),
+            Which::Only(v) => v.iter().copied().map(Some).collect(),
+        }
+    }
+
     /// The policy's checks (`which` of them) through `label`, counted in its
     /// counters; the first that does not pass ends the round. Without
     /// health checks, a TCP connection to the proxy.
@@ -71,14 +83,8 @@ impl Manager {
                 reason: format!("unknown proxy {label}"),
             }));
         };
-        let indices: Vec<usize> = match which {
-            Which::All => (0..self.cfg.probes.len()).collect(),
-            Which::Only(v) => v.to_vec(),
-        };
         let mut total = Duration::ZERO;
-        let runs: Vec<Option<usize>> =
-            if self.cfg.probes.is_empty() { vec![None] } else { indices.into_iter().map(Some).collect() };
-        for i in runs {
+        for i in self.runs(which) {
             let probe = i.and_then(|i| self.cfg.probes.get(i));
             let timeout = probe.map(|p| p.check.timeout).unwrap_or(up.entry.connect_timeout);
             let name = probe.map(|p| p.check.name.clone()).unwrap_or_default();

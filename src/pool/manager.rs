@@ -235,9 +235,7 @@ impl Manager {
         // Each check on its own, so every result is shown.
         let mut results = Vec::new();
         let mut shown = Vec::new();
-        let runs: Vec<Option<usize>> =
-            if self.cfg.probes.is_empty() { vec![None] } else { (0..self.cfg.probes.len()).map(Some).collect() };
-        for i in runs {
+        for i in self.runs(Which::All) {
             if self.h.lock().active() != Some(label.as_str()) {
                 break; // burned or failed over by an earlier check
             }
