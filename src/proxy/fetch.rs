@@ -28,6 +28,13 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The system's trust store, read once per process however many https
+/// checks the account has.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
 impl Tls {
     /// A client configuration built elsewhere (the proxy service's, with
     /// its own CA and client certificate).
@@ -40,9 +47,8 @@ impl Tls {
     /// an error when no `ca_file` is given either.
     pub fn new(ca_file: Option<&Path>) -> Result<Tls, String> {
         let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for c in native.certs {
-            let _ = roots.add(c);
+        for c in system_roots() {
+            let _ = roots.add(c.clone());
         }
         if let Some(f) = ca_file {
             let certs = CertificateDer::pem_file_iter(f)
