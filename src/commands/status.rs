@@ -93,11 +93,9 @@ pub struct AccountStatus {
 fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
     let rd = RunDir::new(host.paths(), account);
     let state = rd.read_state().ok().flatten();
-    let namespace = state
-        .as_ref()
-        .map(|s| s.namespace.clone())
-        .or_else(|| from_policy.map(|a| a.namespace.clone()))
-        .unwrap_or_else(|| plan::default_namespace(account));
+    let namespace = plan::namespace_of(account, state.as_ref().map(|s| s.namespace.clone()), || {
+        from_policy.map(|a| a.namespace.clone())
+    });
     let running = rd.daemon_alive();
     let ns_exists = host.netns_exists(&namespace);
     let tun = ns_exists && host.tun_present(&namespace);

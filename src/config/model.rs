@@ -469,6 +469,17 @@ pub mod plan {
     pub fn default_namespace(account: &str) -> String {
         format!("nsp-{account}")
     }
+
+    /// The namespace of an account known by name (`down`, `status`): the
+    /// running daemon's (from its state), else the policy's, else the
+    /// default name.
+    pub fn namespace_of(
+        account: &str,
+        from_state: Option<String>,
+        from_policy: impl FnOnce() -> Option<String>,
+    ) -> String {
+        from_state.or_else(from_policy).unwrap_or_else(|| default_namespace(account))
+    }
 }
 
 pub fn is_fake_ip(ip: IpAddr) -> bool {

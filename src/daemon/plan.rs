@@ -71,13 +71,8 @@ impl AccountPlan {
     /// else the default name.
     pub fn known(paths: &Paths, account: &str, from_policy: impl FnOnce() -> Option<String>) -> AccountPlan {
         let run = RunDir::new(paths, account);
-        let namespace = run
-            .read_state()
-            .ok()
-            .flatten()
-            .map(|s| s.namespace)
-            .or_else(from_policy)
-            .unwrap_or_else(|| plan::default_namespace(account));
+        let from_state = run.read_state().ok().flatten().map(|s| s.namespace);
+        let namespace = plan::namespace_of(account, from_state, from_policy);
         AccountPlan {
             account: account.into(),
             tun: TunPlan { namespace: namespace.clone(), mtu: 0, txqueuelen: 0, ipv6: false },
