@@ -163,8 +163,7 @@ pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> any
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    print!("{}", render(&list, now));
+    print!("{}", render(&list, crate::pool::unix_now()));
     Ok(())
 }
 

@@ -12,7 +12,6 @@ mod supervise;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 
@@ -119,7 +118,7 @@ pub fn start_with(
             exec_users: account.exec.users.clone(),
             exec_groups: account.exec.groups.clone(),
             secret_env: secrets::env_vars(&account),
-            started_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            started_at_unix: crate::pool::unix_now(),
         };
         plan.run.write_state(&state)?;
         Ok(tun)
