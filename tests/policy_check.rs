@@ -101,3 +101,45 @@ fn problems_come_in_file_order_with_suggestions() {
     assert!(lines[1].contains("p.yaml:7:") && lines[1].contains("(did you mean \"health_check\"?)"), "{text}");
     assert!(lines[2].contains("p.yaml:8:") && lines[2].contains("invalid port"), "{text}");
 }
+
+#[test]
+fn credential_problems_name_their_line_and_invalid_policies_exit_3() {
+    let dir = std::env::temp_dir().join(format!("nsproxy-cred-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("c.yaml");
+    let missing = dir.join("no-such-password");
+    std::fs::write(
+        &file,
+        format!(
+            "accounts:
+  - name: a
+    proxies:
+      - label: p1
+        url: socks5://10.0.0.1:1080
+        username: u
+        password_file: {0}
+      - label: p2
+        url: http://10.0.0.2:3128
+        username: u
+        password_file: {0}
+",
+            missing.display()
+        ),
+    )
+    .expect("write");
+    let o = Command::new(BIN).args(["policy", "check"]).arg(&file).output().expect("run nsproxy");
+    let text = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(3), "an invalid policy exits 3 (RestartPreventExitStatus): {text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("c.yaml:")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("c.yaml:7:") && lines[0].contains("proxies[0].password_file"), "{text}");
+    assert!(lines[1].contains("c.yaml:11:") && lines[1].contains("proxies[1].password_file"), "{text}");
+    // The same problem where a command needs the account: exit 3 too.
+    let o = Command::new(BIN).arg("--policies").arg(&file).args(["secret", "check", "a"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(BIN).arg("--policies").arg(&file).args(["policy", "show", "b"]).output().expect("run");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(3), "an unknown account is a policy problem: {err}");
+    assert!(err.contains("no account named \"b\""), "{err}");
+}

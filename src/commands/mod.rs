@@ -28,3 +28,17 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The exit status for an error: a policy or credential problem, `up`
+/// without a usable proxy, or any other failure (see `cli::exit`).
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    use crate::cli::exit;
+    let any = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| e.chain().any(f);
+    if any(&|c| c.is::<crate::config::Invalid>() || c.is::<crate::secrets::SecretError>()) {
+        exit::POLICY
+    } else if any(&|c| c.is::<up::NoUsableProxy>()) {
+        exit::NO_PROXY
+    } else {
+        exit::FAILURE
+    }
+}

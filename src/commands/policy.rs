@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::anyhow;
-
 use crate::config;
 
 pub fn policy_check(policy: &config::Policy) -> ExitCode {
@@ -25,7 +23,7 @@ pub fn policy_check(policy: &config::Policy) -> ExitCode {
                     eprintln!("{p}");
                 }
                 eprintln!("{} problem(s) found", problems.len());
-                ExitCode::FAILURE
+                ExitCode::from(crate::cli::exit::POLICY)
             }
         }
         Err(problems) => {
@@ -34,23 +32,14 @@ pub fn policy_check(policy: &config::Policy) -> ExitCode {
                 eprintln!("{p}");
             }
             eprintln!("{} problem(s) found", problems.0.len());
-            ExitCode::FAILURE
+            ExitCode::from(crate::cli::exit::POLICY)
         }
     }
 }
 
 /// `policy show`: the accounts as the daemon would see them.
 pub fn policy_show(policy: &config::Policy, account: Option<&str>) -> anyhow::Result<()> {
-    let accounts = policy.load().map_err(|p| anyhow!("policy {} is invalid:\n{p}", policy.path.display()))?;
-    let chosen: Vec<&config::Account> = match account {
-        Some(name) => vec![
-            accounts
-                .iter()
-                .find(|a| a.name == name)
-                .ok_or_else(|| anyhow!("no account named {name:?} in policy {}", policy.path.display()))?,
-        ],
-        None => accounts.iter().collect(),
-    };
+    let chosen = policy.select(account)?;
     println!("{}", serde_json::to_string_pretty(&chosen)?);
     Ok(())
 }

@@ -101,10 +101,10 @@ pub fn check(
 ) -> ExitCode {
     match check_inner(policies, account, key_file, key_name) {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(false) => ExitCode::from(crate::cli::exit::POLICY),
         Err(e) => {
             eprintln!("nsproxy: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(super::exit_status(&e))
         }
     }
 }
@@ -139,19 +139,9 @@ fn check_inner(
         println!("{} token(s), {} failed", n, bad);
         return Ok(bad == 0);
     }
-    let accounts = policies.load().map_err(|p| anyhow!("policy {} is invalid:\n{p}", policies.path.display()))?;
-    let chosen: Vec<&config::Account> = match account {
-        Some(name) => {
-            let a = accounts
-                .iter()
-                .find(|a| a.name == name)
-                .ok_or_else(|| anyhow!("no account named {name:?} in policy {}", policies.path.display()))?;
-            vec![a]
-        }
-        None => accounts.iter().collect(),
-    };
+    let chosen = policies.select(account)?;
     let mut ok = true;
-    for a in chosen {
+    for a in &chosen {
         let problems = secrets::check_account(a, true);
         let n = a.proxies.iter().filter(|p| p.password.is_some()).count();
         if problems.is_empty() {

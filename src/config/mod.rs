@@ -146,18 +146,42 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<Vec<Account>, Problems> {
     if problems.is_empty() { Ok(accounts) } else { Err(Problems(problems)) }
 }
 
+/// The policy (or something it names) is invalid: starting again will not
+/// help. Commands exit with `cli::exit::POLICY` when an error's chain holds
+/// one.
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
 /// Loads the policy and returns the named account.
 pub fn load_account(path: &Path, ov: &Overrides, name: &str) -> Result<Account, anyhow::Error> {
-    let accounts = load(path, ov).map_err(|p| anyhow::anyhow!("policy {} is invalid:\n{p}", path.display()))?;
+    let mut v = select(path, ov, Some(name))?;
+    v.pop().ok_or_else(|| anyhow::Error::new(Invalid(format!("no account named {name:?}"))))
+}
+
+/// Loads the policy and returns every account, or only the one named; an
+/// invalid policy or an unknown name is an `Invalid` error.
+pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Account>, anyhow::Error> {
+    let invalid = |m: String| anyhow::Error::new(Invalid(m));
+    let accounts = load(path, ov).map_err(|p| invalid(format!("policy {} is invalid:\n{p}", path.display())))?;
+    let Some(name) = only else { return Ok(accounts) };
     let known: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
-    accounts.into_iter().find(|a| a.name == name).ok_or_else(|| {
-        anyhow::anyhow!(
+    let found = accounts.into_iter().find(|a| a.name == name).ok_or_else(|| {
+        invalid(format!(
             "no account named {name:?} in policy {}{} (accounts there: {})",
             path.display(),
             suggest::hint(name, known.iter().map(String::as_str)),
             if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        )
-    })
+        ))
+    })?;
+    Ok(vec![found])
 }
 
 /// Where a command's policy comes from: the files under `path`, then the
@@ -189,5 +213,10 @@ impl Policy {
 
     pub fn load_account(&self, name: &str) -> Result<Account, anyhow::Error> {
         load_account(&self.path, &self.overrides, name)
+    }
+
+    /// Every account, or only the one named (see `select`).
+    pub fn select(&self, only: Option<&str>) -> Result<Vec<Account>, anyhow::Error> {
+        select(&self.path, &self.overrides, only)
     }
 }

@@ -397,6 +397,9 @@ pub struct ExecAccess {
 pub struct Origin {
     pub file: PathBuf,
     pub line: Option<usize>,
+    /// Where in its file: `accounts[i]` (for the lines of its fields).
+    #[serde(skip)]
+    pub path: crate::config::lines::FieldPath,
 }
 
 impl fmt::Display for Origin {

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::config::lines::LineIndex;
 use crate::config::{Account, KeySource, Problem, ProxyEntry, SecretRef, ServiceAuth, Token, UserRef};
 
 pub mod fernet;
@@ -249,13 +250,35 @@ pub fn env_vars(a: &Account) -> Vec<String> {
 /// not to whoever runs the check).
 pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
     let mut out = Vec::new();
-    let problem =
-        |field: String, message: String| Problem { file: a.origin.file.clone(), line: None, field, message, via: None };
+    // The lines of the fields, from the file as it is now (the account's
+    // own line when a field is not found, e.g. a key_file given at the top).
+    let index = fs::read_to_string(&a.origin.file).ok().map(|t| LineIndex::build(&t));
+    let line_of = |rel: &[&str]| -> Option<usize> {
+        let mut p = a.origin.path.clone();
+        for seg in rel {
+            p = match seg.strip_prefix('#').and_then(|n| n.parse().ok()) {
+                Some(i) => p.index(i),
+                None => p.key(seg),
+            };
+        }
+        index.as_ref().and_then(|ix| ix.locate(&p)).or(a.origin.line)
+    };
+    let problem_at = |rel: &[&str], field: String, message: String| Problem {
+        file: a.origin.file.clone(),
+        line: line_of(rel),
+        field,
+        message,
+        via: None,
+    };
     let key = match &a.secrets_key {
         Some(k) => match load_key(k) {
             Ok(key) => Some(key),
             Err(e) => {
-                out.push(problem(format!("account {}: secrets.key_file", a.name), e.to_string()));
+                out.push(problem_at(
+                    &["secrets", "key_file"],
+                    format!("account {}: secrets.key_file", a.name),
+                    e.to_string(),
+                ));
                 None
             }
         },
@@ -283,29 +306,32 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
         let pass = p.password.as_ref().map(|r| ("password", r));
         for (field, r) in user.into_iter().chain(pass) {
             if let Some(detail) = check(r, &owner(p), field) {
-                out.push(problem(format!("account {}: proxies[{i}].{field}_{}", a.name, r.kind()), detail));
+                let key = format!("{field}_{}", r.kind());
+                let at = ["proxies", &format!("#{i}"), key.as_str()];
+                out.push(problem_at(&at, format!("account {}: proxies[{i}].{key}", a.name), detail));
             }
         }
     }
     if let Some(svc) = &a.external_service {
         let field = |f: &str| format!("account {}: external_service.{f}", a.name);
+        let problem = |f: &str, message: String| problem_at(&["external_service", f], field(f), message);
         match &svc.auth {
             ServiceAuth::BearerToken(r) | ServiceAuth::ApiKey(r) => {
                 if let Some(detail) = check(r, "external_service", "token") {
-                    out.push(problem(field(&format!("token_{}", r.kind())), detail));
+                    out.push(problem(&format!("token_{}", r.kind()), detail));
                 }
             }
             ServiceAuth::MutualTls { cert_file, key_file } => {
                 if let Err(reason) = check_file(key_file) {
-                    out.push(problem(field("client_key_file"), format!("{}: {reason}", key_file.display())));
+                    out.push(problem("client_key_file", format!("{}: {reason}", key_file.display())));
                 }
                 if let Err(e) = fs::metadata(cert_file) {
-                    out.push(problem(field("client_cert_file"), format!("{}: {}", cert_file.display(), io_reason(&e))));
+                    out.push(problem("client_cert_file", format!("{}: {}", cert_file.display(), io_reason(&e))));
                 }
             }
         }
         if let Err(e) = fs::metadata(&svc.ca_file) {
-            out.push(problem(field("ca_file"), format!("{}: {}", svc.ca_file.display(), io_reason(&e))));
+            out.push(problem("ca_file", format!("{}: {}", svc.ca_file.display(), io_reason(&e))));
         }
     }
     out

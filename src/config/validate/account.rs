@@ -196,7 +196,7 @@ pub(super) fn account(
     Some(Account {
         name: name?,
         namespace: namespace?,
-        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path) },
+        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path), path: path.clone() },
         exec,
         proxies,
         dns: dns?,
