@@ -172,7 +172,9 @@ fn tls_failure(topo: &Topology, tag: &str, name: &str, target: &str, extra: &str
         "    health_check:\n      name: {name}\n      target: {target}\n      interval: 1s\n      timeout: 3s\n{extra}"
     );
     let a = account(tag, topo, &checks);
-    a.up();
+    // No proxy can pass: up says so, naming the check (exit 4).
+    let said = a.up_without_proxy();
+    assert!(said.contains(&format!("health check {name}")) && said.contains("TLS"), "{said}");
     wait_until("checks failed", Duration::from_secs(15), || {
         a.member("p1")["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
     });

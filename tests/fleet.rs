@@ -192,7 +192,9 @@ fn service_down_falls_back_to_the_own_pool_or_fails_closed() {
     // Fallback off: nothing leaves; the service coming back heals it.
     let b = fleet_account("fc", &topo, &service_bearer(&svc, "      fallback_to_embedded: false\n"));
     b.secret("token", "tok-secret-1");
-    b.up();
+    let said = b.up_without_proxy();
+    println!("up without the service and without fallback: {said}");
+    assert!(said.contains("waiting up to") && said.contains("the proxy service's answer"), "{said}");
     let t = Instant::now();
     let r = seen_ip(&b);
     println!("service down, fail closed: {r:?} after {:?}", t.elapsed());

@@ -249,8 +249,10 @@ fn stalls_and_refusals_before_connect_are_timeouts_or_auth_failures() {
         let port = socks_server(mode);
         let a = account(&format!("socks5://127.0.0.1:{port}"), creds);
         // The first choice checks the proxy; with these modes it fails, so
-        // the account comes up with no usable proxy: the flow is refused.
-        a.up();
+        // the account comes up with no usable proxy (up says so, exit 4):
+        // the flow is refused.
+        let said = a.up_without_proxy();
+        assert!(said.contains(expect), "{mode}: up names the failure: {said}");
         let (seen, secs) = try_port(&a, 2999);
         println!("{mode}: {seen}");
         assert!(seen.starts_with("refused"), "{mode}: {seen}");

@@ -24,10 +24,13 @@ use crate::published::state::State;
 use crate::secrets::{self, Creds};
 use plan::{AccountPlan, Claim, Resource};
 
-/// Writes the readiness line for `up` (if any) and closes the pipe.
-fn report(ready: &mut Option<std::fs::File>, line: &str) {
-    if let Some(mut f) = ready.take() {
-        let _ = f.write_all(line.as_bytes());
+/// Writes one line of the start's progress to `up` (if it listens).
+fn say(ready: &mut Option<std::fs::File>, line: &str) {
+    if let Some(f) = ready.as_mut()
+        && f.write_all(line.as_bytes()).is_err()
+    {
+        // `up` is gone (interrupted): nobody to tell.
+        *ready = None;
     }
 }
 
@@ -36,23 +39,33 @@ pub fn run(account_name: &str, policy: &config::Policy, ready_fd: Option<OwnedFd
     let host = Linux::system();
     match start(&host, account_name, policy) {
         Ok(started) => {
-            // READY once the pool has made its first choice (a proxy passed
-            // its check, or none did and that is logged), so a program
-            // started right after `up` finds a proxy.
-            let status = format!("STATUS=account {account_name} up, namespace {}", started.account.namespace);
-            supervise::serve(&host, started, move || {
-                report(&mut ready, "READY\n");
-                // Under systemd (`Type=notify`, `up --foreground`).
-                let pid = std::process::id();
-                if let Err(e) = notify::notify(&format!("READY=1\nMAINPID={pid}\n{status}")) {
-                    tracing::error!(account = account_name, error = %e, "cannot notify systemd of readiness");
+            let namespace = started.account.namespace.clone();
+            supervise::serve(&host, started, move |p| match p {
+                // READY once the namespace's only way out is the account's
+                // proxy; the pool's state follows separately.
+                supervise::Progress::Ready { bound, waiting_for } => {
+                    say(&mut ready, &format!("READY {} {waiting_for}\n", bound.as_secs()));
+                    // Under systemd (`Type=notify`, `up --foreground`).
+                    let pid = std::process::id();
+                    let status = format!(
+                        "STATUS=account {account_name}: namespace {namespace} in place (fail-closed); waiting for {waiting_for}"
+                    );
+                    if let Err(e) = notify::notify(&format!("READY=1\nMAINPID={pid}\n{status}")) {
+                        tracing::error!(account = account_name, error = %e, "cannot notify systemd of readiness");
+                    }
+                }
+                supervise::Progress::Chosen { summary, in_time } => {
+                    let line = serde_json::to_string(&summary).unwrap_or_default();
+                    let tag = if in_time { "POOL" } else { "POOL-LATE" };
+                    say(&mut ready, &format!("{tag} {line}\n"));
+                    ready = None;
                 }
             })
         }
         Err(e) => {
             let msg = format!("{e:#}");
             tracing::error!(account = account_name, error = %msg, "daemon failed to start");
-            report(&mut ready, &format!("ERROR {}\n", msg.replace('\n', "\n      ")));
+            say(&mut ready, &format!("ERROR {}\n", msg.replace('\n', "\n      ")));
             Err(e)
         }
     }
@@ -91,7 +104,8 @@ pub fn start_with(
     policy: &config::Policy,
 ) -> anyhow::Result<Started> {
     // The checks' TLS trust (a bad ca_file keeps the account down).
-    let checks = ManagerConfig::new(&account).map_err(|e| anyhow!("account {}: {e}", account.name))?;
+    let checks = ManagerConfig::new(&account)
+        .map_err(|e| anyhow::Error::new(config::Invalid(format!("account {}: {e}", account.name))))?;
     let plan = AccountPlan::new(host.paths(), &account);
     let mut claim = plan.claim()?;
     // The saved pool state (burns): a corrupt file stops the start here.

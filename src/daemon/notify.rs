@@ -25,6 +25,30 @@ pub fn notify_to(addr: &str, state: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether systemd asked for notifications at all.
+pub fn wanted() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
+}
+
+/// The watchdog period systemd expects pings within (`WatchdogSec=`), from
+/// `WATCHDOG_USEC` and `WATCHDOG_PID` (the ping is for this process only
+/// when that names it); `None` without a watchdog. A malformed value is an
+/// error naming the variable.
+pub fn watchdog_period(usec: Option<&str>, pid: Option<&str>, me: u32) -> Result<Option<std::time::Duration>, String> {
+    let Some(usec) = usec else { return Ok(None) };
+    if let Some(pid) = pid {
+        let pid: u32 = pid.trim().parse().map_err(|_| format!("WATCHDOG_PID={pid:?} is not a process id"))?;
+        if pid != me {
+            return Ok(None);
+        }
+    }
+    match usec.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(us) => Ok(Some(std::time::Duration::from_micros(us))),
+        Err(_) => Err(format!("WATCHDOG_USEC={usec:?} is not a number of microseconds")),
+    }
+}
+
 fn socket_addr(addr: &str) -> io::Result<SocketAddr> {
     if let Some(name) = addr.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
@@ -63,6 +87,20 @@ mod tests {
         notify_to(&format!("@{name}"), "STOPPING=1").expect("send");
         let n = rx.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"STOPPING=1");
+    }
+
+    #[test]
+    fn the_watchdog_period_is_for_this_process_only() {
+        let s = std::time::Duration::from_secs(30);
+        assert_eq!(watchdog_period(Some("30000000"), None, 7), Ok(Some(s)));
+        assert_eq!(watchdog_period(Some("30000000"), Some("7"), 7), Ok(Some(s)));
+        assert_eq!(watchdog_period(Some("30000000"), Some("8"), 7), Ok(None));
+        assert_eq!(watchdog_period(None, Some("7"), 7), Ok(None));
+        assert_eq!(watchdog_period(Some("0"), None, 7), Ok(None));
+        let e = watchdog_period(Some("30s"), None, 7).expect_err("not microseconds");
+        assert!(e.contains("WATCHDOG_USEC"), "{e}");
+        let e = watchdog_period(Some("1"), Some("me"), 7).expect_err("not a pid");
+        assert!(e.contains("WATCHDOG_PID"), "{e}");
     }
 
     #[test]

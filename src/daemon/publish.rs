@@ -66,7 +66,9 @@ pub fn collect(pool: &PoolHandle, dp: &Observer, dns_mode: &str) -> Figures {
                 failures: g(|c| &c.failures),
                 checks_ok: g(|c| &c.checks_ok),
                 checks_failed: g(|c| &c.checks_failed),
-                check_latency_seconds_sum: g(|c| &c.check_latency_us) as f64 / 1e6,
+                check_latency: c.as_ref().map(|c| c.check_latency.snapshot()).unwrap_or_default(),
+                connect_time: c.as_ref().map(|c| c.connect_time.snapshot()).unwrap_or_default(),
+                handshake_time: c.as_ref().map(|c| c.handshake_time.snapshot()).unwrap_or_default(),
             }
         })
         .collect();

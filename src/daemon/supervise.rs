@@ -27,18 +27,27 @@ use crate::host::Host;
 use crate::pool::PoolHandle;
 use crate::pool::manager::{self, ManagerConfig};
 use crate::pool::service::{Fleet, send_feedback};
+use crate::published::pool::Summary;
 use std::os::fd::OwnedFd;
 
-/// How long `up` may wait for the pool's first choice: it waits 30 s for
-/// READY, and the manager goes on after this (flows are refused until a
-/// proxy passed its check).
-const FIRST_CHOICE: Duration = Duration::from_secs(20);
+/// What the first choice may take beyond its bound (timers, scheduling).
+const FIRST_CHOICE_SLACK: Duration = Duration::from_secs(3);
 /// How long stopped flows get to close their sockets.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Runs the account until SIGTERM, SIGINT or SIGHUP; `ready` is called once
-/// the pool made its first choice.
-pub fn serve(host: &dyn Host, s: Started, ready: impl FnOnce()) -> anyhow::Result<()> {
+/// How far the start has come, for `up` and systemd.
+pub enum Progress {
+    /// The namespace, its TUN and the data plane are in place: nothing
+    /// leaves the namespace except through the account's proxy. The pool's
+    /// first choice (`waiting_for`) follows within `bound`.
+    Ready { bound: Duration, waiting_for: String },
+    /// The pool made its first choice (`in_time`), or `bound` passed first.
+    Chosen { summary: Summary, in_time: bool },
+}
+
+/// Runs the account until SIGTERM, SIGINT or SIGHUP; `progress` hears of
+/// readiness, then of the pool's first choice.
+pub fn serve(host: &dyn Host, s: Started, progress: impl FnMut(Progress)) -> anyhow::Result<()> {
     let name = s.account.name.clone();
     crate::host::sys::malloc_mmap_threshold(64 * 1024);
     // One thread: the poll loop and the flow tasks hand work to each other
@@ -52,7 +61,7 @@ pub fn serve(host: &dyn Host, s: Started, ready: impl FnOnce()) -> anyhow::Resul
     let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (res, claim) = rt.block_on(async {
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
-        supervise(s, shutdown_signal(hup.clone()), ready).await
+        supervise(s, shutdown_signal(hup.clone()), progress).await
     });
     // SIGHUP is no clean stop: a unit with Restart=on-failure must bring
     // the account back.
@@ -88,10 +97,10 @@ async fn until(stop: CancellationToken, fut: impl Future<Output = ()>) {
 pub async fn supervise(
     s: Started,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(),
+    progress: impl FnMut(Progress),
 ) -> (anyhow::Result<()>, Claim) {
     let Started { account, plan, pool, fleet, tun, claim, checks } = s;
-    let res = run(Service { account, plan, pool, fleet, tun, checks }, shutdown, ready).await;
+    let res = run(Service { account, plan, pool, fleet, tun, checks }, shutdown, progress).await;
     (res, claim)
 }
 
@@ -105,9 +114,11 @@ struct Service {
     checks: ManagerConfig,
 }
 
-async fn run(s: Service, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> anyhow::Result<()> {
+async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl FnMut(Progress)) -> anyhow::Result<()> {
     let Service { account, plan, pool, fleet, tun, checks } = s;
     let name = account.name.clone();
+    let bound = checks.first_choice_bound(&account);
+    let waiting_for = waiting_for(&account, &checks);
     raise_nofile();
     let services_stop = CancellationToken::new();
     let flows_stop = CancellationToken::new();
@@ -186,19 +197,39 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, ready: impl FnOnce(
         }
     }
 
-    // READY after the first choice, or after FIRST_CHOICE.
-    let _ = tokio::time::timeout(FIRST_CHOICE, chosen_rx).await;
-    ready();
+    if notify::wanted() {
+        services.spawn(until(services_stop.clone(), systemd_status(name.clone(), pool.clone())));
+    }
+    match watchdog() {
+        Ok(Some(period)) => {
+            tracing::info!(account = %name, period = ?period, "systemd watchdog: pinging while the poll loop turns");
+            services.spawn(until(services_stop.clone(), ping_watchdog(name.clone(), observer.clone(), period)));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(account = %name, error = %e, "systemd watchdog: ignored"),
+    }
 
+    // READY as soon as the data plane runs (fail-closed is in place); the
+    // pool's first choice is reported when made, or when its bound passed.
+    progress(Progress::Ready { bound, waiting_for });
+    let first = async {
+        let in_time = tokio::time::timeout(bound + FIRST_CHOICE_SLACK, chosen_rx).await.is_ok();
+        progress(Progress::Chosen { summary: pool.summary(), in_time });
+    };
     let dp_stop = CancellationToken::new();
     let res = {
         let stop = dp_stop.clone();
         tokio::pin!(shutdown);
+        tokio::pin!(first);
         let run = dp.run(stop);
         tokio::pin!(run);
-        tokio::select! {
-            r = &mut run => r,
-            _ = &mut shutdown => { dp_stop.cancel(); run.await }
+        let mut first_done = false;
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = &mut shutdown => { dp_stop.cancel(); break run.await }
+                _ = &mut first, if !first_done => first_done = true,
+            }
         }
     };
     // Drain in order: services (control first: no new orders), flows.
@@ -210,6 +241,74 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, ready: impl FnOnce(
         tracing::warn!(account = %name, left = tasks.len(), "flow tasks still running at exit");
     }
     res
+}
+
+/// What the first choice waits for, in words for `up`.
+fn waiting_for(a: &Account, checks: &ManagerConfig) -> String {
+    let proxies = a.proxies.iter().filter(|p| p.enabled).count();
+    let what = if checks.probes.is_empty() {
+        "a connection test".to_string()
+    } else {
+        let names: Vec<&str> = checks.probes.iter().map(|p| p.check.name.as_str()).collect();
+        format!("the health checks ({})", names.join(", "))
+    };
+    let egress = if checks.egress.is_some() { " and the egress-IP check" } else { "" };
+    let service =
+        if a.external_service.as_ref().is_some_and(|s| s.enabled) { "the proxy service's answer, then " } else { "" };
+    let of = if proxies == 1 {
+        "of its proxy".to_string()
+    } else {
+        format!("of up to {proxies} proxies, in priority order")
+    };
+    format!("{service}{what}{egress} {of}")
+}
+
+/// Tells systemd where the pool stands (`STATUS=`) each time it changes.
+async fn systemd_status(account: String, pool: Arc<PoolHandle>) {
+    let mut changes = pool.changes();
+    let mut last = String::new();
+    loop {
+        let line = format!("STATUS=account {account}: {}", pool.summary().line());
+        if line != last {
+            if let Err(e) = notify::notify(&line) {
+                tracing::warn!(account = %account, error = %e, "cannot tell systemd the pool's status");
+            }
+            last = line;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The watchdog's period from systemd's variables.
+fn watchdog() -> Result<Option<Duration>, String> {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    notify::watchdog_period(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+/// Pings systemd's watchdog at half its period while the poll loop turns:
+/// each round nudges the loop, and the next ping goes only if it turned
+/// since. A wedged loop (or runtime) stops the pings and systemd restarts
+/// the daemon.
+async fn ping_watchdog(account: String, dp: crate::dataplane::Observer, period: Duration) {
+    let mut seen = dp.turns().wrapping_sub(1);
+    let mut tick = tokio::time::interval(period / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = dp.turns();
+        if now != seen {
+            if let Err(e) = notify::notify("WATCHDOG=1") {
+                tracing::warn!(account = %account, error = %e, "cannot ping systemd's watchdog");
+            }
+        } else {
+            tracing::error!(account = %account, "the poll loop has not turned for half the watchdog period; no ping");
+        }
+        seen = now;
+        dp.nudge();
+    }
 }
 
 /// Resolves on SIGTERM, SIGINT or SIGHUP (and then sets `hup`).

@@ -125,6 +125,17 @@ impl Observer {
         self.shared.lock().counts()
     }
 
+    /// Turns of the poll loop so far.
+    pub fn turns(&self) -> u64 {
+        self.shared.turns()
+    }
+
+    /// Wakes the poll loop for one turn (the watchdog asks it to prove it
+    /// is alive).
+    pub fn nudge(&self) {
+        self.shared.notify.notify_one();
+    }
+
     /// The counters as published (without the proxy service's part).
     pub fn snapshot(&self) -> Snapshot {
         let (a, p) = self.counts();

@@ -28,6 +28,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     let mut buf = vec![0u8; ctx.limits.mtu.max(1500) + 64];
     let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
     loop {
+        shared.turned();
         let (delay, moved) = {
             let mut st = shared.lock();
             let mut moved = false;

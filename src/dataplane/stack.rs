@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration as StdDuration;
 
@@ -206,11 +206,26 @@ pub struct Shared {
     /// looked: the loop opens its busy-poll window from then, since the
     /// proxy's answer comes one upstream round trip after that write.
     forwarded: AtomicBool,
+    /// Turns of the poll loop so far (the watchdog's proof of life).
+    turns: AtomicU64,
 }
 
 impl Shared {
     pub fn new(stack: Stack) -> Shared {
-        Shared { stack: Mutex::new(stack), notify: Notify::new(), forwarded: AtomicBool::new(false) }
+        Shared {
+            stack: Mutex::new(stack),
+            notify: Notify::new(),
+            forwarded: AtomicBool::new(false),
+            turns: AtomicU64::new(0),
+        }
+    }
+    /// Called by the poll loop on each turn.
+    pub fn turned(&self) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The poll loop's turns so far.
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
     }
     /// Called by a flow task after it wrote the program's bytes upstream.
     pub fn mark_forwarded(&self) {

@@ -55,6 +55,8 @@ pub struct PoolHandle {
     pub(super) wake: Notify,
     /// Bumped by `rotate --reset-flows`: flows opened before are reset.
     pub(super) reset: watch::Sender<u64>,
+    /// Bumped each time the pool's records change (and are saved).
+    changed: watch::Sender<u64>,
     /// For the metrics: every proxy is unusable right now.
     pub all_down: std::sync::atomic::AtomicBool,
     /// Fleet mode: what `status` shows about the proxy service.
@@ -99,6 +101,7 @@ impl PoolHandle {
             counters: PoolCounters::default(),
             wake: Notify::new(),
             reset: watch::channel(0).0,
+            changed: watch::channel(0).0,
             all_down: false.into(),
             service: Mutex::new(None),
             feedback: std::sync::OnceLock::new(),
@@ -196,11 +199,23 @@ impl PoolHandle {
         self.reset.subscribe()
     }
 
+    /// A receiver whose `changed()` fires after the pool's records change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Where the pool stands now (the active proxy, its egress IP, counts).
+    pub fn summary(&self) -> crate::published::pool::Summary {
+        let records = self.lock().records().to_vec();
+        crate::published::pool::Summary::of(&records, |l| self.endpoint(l))
+    }
+
     pub(super) fn persist(&self) {
         let records = self.lock().records().to_vec();
         if let Err(e) = self.store.save(&records) {
             tracing::error!(account = %self.account, error = %e, "cannot save the pool state; burns may not survive a restart");
         }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub(super) fn endpoint(&self, label: &str) -> String {

@@ -60,8 +60,35 @@ impl ManagerConfig {
 
     /// How often the active proxy is checked and an empty pool retried:
     /// the shortest interval of the checks.
-    pub(super) fn interval(&self) -> Duration {
+    pub fn interval(&self) -> Duration {
         self.probes.iter().map(|p| p.check.interval).min().unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The longest the first choice can take when nothing answers: the
+    /// proxy service asked first (fleet mode: each endpoint in turn), then
+    /// every enabled proxy checked in turn (each check, then the egress
+    /// check), each step bounded by its timeout.
+    pub fn first_choice_bound(&self, a: &Account) -> Duration {
+        let service = a
+            .external_service
+            .as_ref()
+            .filter(|s| s.enabled)
+            .map(|s| s.timeout * s.endpoints.len() as u32)
+            .unwrap_or_default();
+        let egress = self.egress.as_ref().map(|e| e.check.timeout).unwrap_or_default();
+        let per_proxy = |p: &crate::config::ProxyEntry| -> Duration {
+            let checks = if self.probes.is_empty() {
+                p.connect_timeout + p.handshake_timeout
+            } else {
+                self.probes.iter().map(|c| c.check.timeout).sum()
+            };
+            checks + egress
+        };
+        // The service's member is checked like the others.
+        let service_member =
+            a.external_service.as_ref().filter(|s| s.enabled).map(|_| per_proxy(&super::service::placeholder_entry()));
+        let proxies: Duration = a.proxies.iter().filter(|p| p.enabled).map(per_proxy).sum();
+        service + service_member.unwrap_or_default() + proxies
     }
 }
 

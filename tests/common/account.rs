@@ -9,7 +9,12 @@ use super::*;
 /// --json`, every nsproxy command's output, and `/proc/*/cmdline` and
 /// `/proc/*/environ` of nsproxy and the account's programs: after `up` and
 /// before `down`. One hit fails the test.
+/// A proxy that listens nowhere, for accounts whose test needs no traffic.
+pub const NO_PROXY_URL: &str = "socks5://127.0.0.1:9";
+
 pub struct Account {
+    /// The account's only proxy is `NO_PROXY_URL`.
+    no_proxy: bool,
     pub name: String,
     pub namespace: String,
     pub policy: PathBuf,
@@ -27,7 +32,8 @@ impl Account {
         let policy = dir.join("policy.yaml");
         let body = body.replace("{secrets}", &dir.display().to_string());
         std::fs::write(&policy, format!("accounts:\n  - name: {name}\n{body}")).expect("policy");
-        Account { namespace: format!("nsp-{name}"), name, policy, dir, canaries: Mutex::new(Vec::new()) }
+        let no_proxy = body.contains(NO_PROXY_URL);
+        Account { namespace: format!("nsp-{name}"), name, policy, dir, canaries: Mutex::new(Vec::new()), no_proxy }
     }
 
     /// An account using `proxy` (with its credentials in a 0600 file).
@@ -132,9 +138,28 @@ impl Account {
     }
 
     pub fn up(&self) {
+        if self.no_proxy {
+            // The account's only proxy listens nowhere: up says so, exit 4.
+            self.up_without_proxy();
+            return;
+        }
         let o = self.cmd(&["up", &self.name]);
         assert!(o.status.success(), "up {} failed: {}{}", self.name, out(&o), err(&o));
         self.assert_no_canary("after up");
+    }
+
+    /// `up` of an account none of whose proxies can pass its first check:
+    /// the account is up (fail-closed) and `up` says so loudly, with its own
+    /// exit status (4). Returns what it printed.
+    pub fn up_without_proxy(&self) -> String {
+        let o = self.cmd(&["up", &self.name]);
+        let said = format!("{}{}", out(&o), err(&o));
+        assert_eq!(o.status.code(), Some(4), "up {} with no usable proxy must exit 4: {said}", self.name);
+        assert!(said.contains("NO USABLE PROXY"), "{said}");
+        assert!(said.contains("its only way out is the account's proxy"), "the account is up: {said}");
+        assert_eq!(self.status_json()["state"], "up", "{said}");
+        self.assert_no_canary("after up");
+        said
     }
 
     /// `up` with the daemon logging at info, as in production (benchmarks:
