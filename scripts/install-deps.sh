@@ -3,7 +3,8 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
-      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv iputils-ping tcpdump)
+      microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv iputils-ping tcpdump
+      dpkg-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +24,11 @@ if ! command -v cargo >/dev/null 2>&1; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
   fi
 fi
+# cargo-deb builds the .deb the VM stage installs (packaging/build-deb.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb from crates.io"
+  cargo install --locked --quiet cargo-deb
+fi
 # Python's `cryptography` from PyPI, for the Fernet interoperability tests
 # (tokens made by the Python tooling must decrypt in nsproxy and back).
 VENV=/opt/nsproxy-test/venv
@@ -30,6 +36,16 @@ if ! "$VENV/bin/python" -c 'import cryptography.fernet' 2>/dev/null; then
   echo "installing Python's cryptography into $VENV"
   /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'cryptography>=41'
+fi
+# promtool, Prometheus' linter for the metrics exposition: unpacked from
+# Debian's prometheus package (nothing installed, no service started).
+PROMTOOL=/opt/nsproxy-test/bin/promtool
+if ! "$PROMTOOL" --version >/dev/null 2>&1; then
+  echo "unpacking promtool from Debian's prometheus package into /opt/nsproxy-test"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb root)
+  install -D -m 0755 "$tmp/root/usr/bin/promtool" "$PROMTOOL"
+  rm -rf "$tmp"
 fi
 [ -e /dev/net/tun ] || { modprobe tun 2>/dev/null || true; }
 [ -e /dev/net/tun ] || { echo "error: /dev/net/tun is missing (load the tun kernel module)"; exit 1; }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::proxy::route::{BUCKETS, HistogramSnapshot};
 use crate::published::pool::State;
 use crate::published::stats::Snapshot;
 
@@ -26,7 +27,9 @@ pub struct ProxyFigures {
     pub failures: u64,
     pub checks_ok: u64,
     pub checks_failed: u64,
-    pub check_latency_seconds_sum: f64,
+    pub check_latency: HistogramSnapshot,
+    pub connect_time: HistogramSnapshot,
+    pub handshake_time: HistogramSnapshot,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,8 +58,13 @@ pub fn render(f: &Figures) -> String {
         let _ = writeln!(o, "# HELP nsproxy_{name} {help}");
         let _ = writeln!(o, "# TYPE nsproxy_{name} {kind}");
         for (labels, value) in rows {
+            // Histograms: "@bucket labels" is a sample of nsproxy_NAME_bucket.
+            let (suffix, labels) = match labels.strip_prefix('@').and_then(|l| l.split_once(' ')) {
+                Some((s, l)) => (format!("_{s}"), l),
+                None => (String::new(), labels.as_str()),
+            };
             let sep = if labels.is_empty() { "" } else { "," };
-            let _ = writeln!(o, "nsproxy_{name}{{account=\"{a}\"{sep}{labels}}} {value}");
+            let _ = writeln!(o, "nsproxy_{name}{suffix}{{account=\"{a}\"{sep}{labels}}} {value}");
         }
     };
     let s = &f.stats;
@@ -102,10 +110,16 @@ pub fn render(f: &Figures) -> String {
     );
     metric("pool_down", "gauge", "1 while every proxy is unusable (flows refused).", &one(f.all_down as u64));
 
-    let p = |x: &ProxyFigures| format!("proxy=\"{}\",endpoint=\"{}\"", esc(&x.label), esc(&x.endpoint));
+    // Per proxy: the label alone (the proxy service hands out new
+    // endpoints; a series per endpoint would grow without end); the
+    // endpoint is on `proxy_info`.
+    let p = |x: &ProxyFigures| format!("proxy=\"{}\"", esc(&x.label));
     let per = |g: &dyn Fn(&ProxyFigures) -> String| -> Vec<(String, String)> {
         f.proxies.iter().map(|x| (p(x), g(x))).collect()
     };
+    let info: Vec<_> =
+        f.proxies.iter().map(|x| (format!("{},endpoint=\"{}\"", p(x), esc(&x.endpoint)), "1".to_string())).collect();
+    metric("proxy_info", "gauge", "Each pool member's proxy as scheme://host:port (never credentials).", &info);
     metric("proxy_bytes_total", "counter", "Payload bytes relayed per proxy, both directions.", &{
         let mut v = Vec::new();
         for x in &f.proxies {
@@ -129,11 +143,36 @@ pub fn render(f: &Figures) -> String {
         }
         v
     });
+    let histogram = |pick: fn(&ProxyFigures) -> &HistogramSnapshot| -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for x in &f.proxies {
+            let h = pick(x);
+            for (i, le) in BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+                let n = h.cumulative.get(i).copied().unwrap_or(0);
+                v.push((format!("@bucket {},le=\"{le}\"", p(x)), n.to_string()));
+            }
+            v.push((format!("@sum {}", p(x)), format!("{}", h.sum_seconds)));
+            v.push((format!("@count {}", p(x)), h.count().to_string()));
+        }
+        v
+    };
     metric(
-        "health_check_seconds_sum",
-        "counter",
-        "Total latency of successful health checks per proxy (divide by health_checks_total{result=\"ok\"}).",
-        &per(&|x| format!("{:.6}", x.check_latency_seconds_sum)),
+        "health_check_duration_seconds",
+        "histogram",
+        "Latency of successful health checks per proxy (through the proxy to the check's target).",
+        &histogram(|x| &x.check_latency),
+    );
+    metric(
+        "proxy_connect_duration_seconds",
+        "histogram",
+        "Flows' TCP connect to the proxy, per proxy.",
+        &histogram(|x| &x.connect_time),
+    );
+    metric(
+        "proxy_handshake_duration_seconds",
+        "histogram",
+        "Flows' SOCKS5 or HTTP CONNECT handshake with the proxy, per proxy.",
+        &histogram(|x| &x.handshake_time),
     );
     metric("proxy_state", "gauge", "1 for the state each proxy is in.", &{
         let mut v = Vec::new();
@@ -157,6 +196,12 @@ pub fn render(f: &Figures) -> String {
         .filter_map(|x| x.egress_ip.as_ref().map(|ip| (format!("{},egress_ip=\"{}\"", p(x), esc(ip)), "1".to_string())))
         .collect();
     metric("egress_ip_info", "gauge", "The last egress IP seen through each proxy.", &egress);
+    let version = [("version", env!("CARGO_PKG_VERSION")), ("rust_version", env!("CARGO_PKG_RUST_VERSION"))]
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+        .collect::<Vec<_>>()
+        .join(",");
+    metric("build_info", "gauge", "The nsproxy build serving these metrics.", &[(version, "1".to_string())]);
     o
 }
 
@@ -261,7 +306,10 @@ mod tests {
                     egress_ip: Some("192.0.2.9".into()),
                     bytes_down: 99,
                     checks_ok: 3,
-                    check_latency_seconds_sum: 0.25,
+                    check_latency: HistogramSnapshot {
+                        cumulative: vec![0, 0, 0, 0, 0, 1, 2, 3, 3, 3, 3, 3, 3],
+                        sum_seconds: 0.25,
+                    },
                     ..Default::default()
                 },
             ],
@@ -274,19 +322,31 @@ mod tests {
             "nsproxy_failovers_total{account=\"acct\"} 1",
             "nsproxy_rotations_total{account=\"acct\"} 2",
             "nsproxy_burns_total{account=\"acct\",reason=\"status_418\"} 3",
-            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"burned\"} 1",
-            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\",state=\"active\"} 0",
-            "nsproxy_active_proxy_info{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\",egress_ip=\"192.0.2.9\"} 1",
-            "nsproxy_proxy_bytes_total{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\",direction=\"down\"} 99",
-            "nsproxy_health_check_seconds_sum{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\"} 0.250000",
+            "nsproxy_proxy_info{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\"} 1",
+            "nsproxy_proxy_info{account=\"acct\",proxy=\"b\",endpoint=\"http://[::1]:3128\"} 1",
+            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",state=\"burned\"} 1",
+            "nsproxy_proxy_state{account=\"acct\",proxy=\"a\",state=\"active\"} 0",
+            "nsproxy_active_proxy_info{account=\"acct\",proxy=\"b\",egress_ip=\"192.0.2.9\"} 1",
+            "nsproxy_proxy_bytes_total{account=\"acct\",proxy=\"b\",direction=\"down\"} 99",
+            "nsproxy_health_check_duration_seconds_bucket{account=\"acct\",proxy=\"b\",le=\"0.05\"} 1",
+            "nsproxy_health_check_duration_seconds_bucket{account=\"acct\",proxy=\"b\",le=\"+Inf\"} 3",
+            "nsproxy_health_check_duration_seconds_sum{account=\"acct\",proxy=\"b\"} 0.25",
+            "nsproxy_health_check_duration_seconds_count{account=\"acct\",proxy=\"b\"} 3",
+            "nsproxy_proxy_connect_duration_seconds_count{account=\"acct\",proxy=\"a\"} 0",
             "nsproxy_flows_refused_total{account=\"acct\",reason=\"no_proxy\"} 0",
         ] {
             assert!(t.contains(want), "missing {want}\n{t}");
         }
+        assert!(t.contains(&format!("nsproxy_build_info{{account=\"acct\",version=\"{}\"", env!("CARGO_PKG_VERSION"))));
+        assert!(!t.contains("endpoint=\"socks5://10.0.0.1:1080\","), "the endpoint is only on proxy_info:\n{t}");
         // Every sample line belongs to a family announced with HELP and TYPE.
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split('{').next().unwrap();
-            assert!(t.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| t.contains(&format!("# TYPE {f} histogram"))))
+                .unwrap_or(name);
+            assert!(t.contains(&format!("# TYPE {family} ")), "{name} has no TYPE");
         }
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

@@ -141,7 +141,20 @@ fn failover_when_the_active_proxy_dies() {
     assert_eq!(pool_state(&a, "p1"), "unhealthy");
     let m = metrics(&a);
     assert!(m.contains(&format!("nsproxy_failovers_total{{account=\"{}\"}} 1", a.name)), "{m}");
-    assert!(m.contains(&format!("proxy=\"p2\",endpoint=\"{}\",egress_ip=\"{e2}\"}} 1", topo.proxies[1].url())), "{m}");
+    assert!(
+        m.contains(&format!("nsproxy_active_proxy_info{{account=\"{}\",proxy=\"p2\",egress_ip=\"{e2}\"}} 1", a.name)),
+        "{m}"
+    );
+    assert!(m.contains(&format!("proxy=\"p2\",endpoint=\"{}\"}} 1", topo.proxies[1].url())), "{m}");
+    // Flows through p2 were timed: its connect and handshake histograms
+    // count them.
+    for family in ["proxy_connect_duration_seconds", "proxy_handshake_duration_seconds"] {
+        let head = format!("nsproxy_{family}_count{{account=\"{}\",proxy=\"p2\"}} ", a.name);
+        let n: u64 = m.lines().find_map(|l| l.strip_prefix(&head)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(n > 0, "{family} counted no flow through p2:\n{m}");
+    }
+    // The exposition of a live daemon passes Prometheus' own linter.
+    common::promtool_check(&m);
     assert!(m.contains("state=\"unhealthy\"} 1"), "{m}");
 }
 

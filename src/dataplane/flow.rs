@@ -118,6 +118,8 @@ async fn connect(ctx: &Arc<Ctx>, mut route: Route, target: &Target, key: FlowKey
         let started = std::time::Instant::now();
         match route.upstream.connect(target).await {
             Ok(c) => {
+                route.counters.connect_time.observe(c.connect_time);
+                route.counters.handshake_time.observe(c.handshake_time);
                 ctx.router.report(&route, Ok(()), started);
                 return Event::Ready(key, syn, c, route);
             }

@@ -101,7 +101,7 @@ impl Manager {
             match r {
                 Ok(lat) => {
                     c.checks_ok.fetch_add(1, Relaxed);
-                    c.check_latency_us.fetch_add(lat.as_micros() as u64, Relaxed);
+                    c.check_latency.observe(lat);
                     total += lat;
                 }
                 Err(f) => {

@@ -90,6 +90,9 @@ pub struct Upstream {
 pub struct Connected {
     pub stream: TcpStream,
     pub leftover: Vec<u8>,
+    /// How long the TCP connect to the proxy took, then its handshake.
+    pub connect_time: std::time::Duration,
+    pub handshake_time: std::time::Duration,
 }
 
 impl Upstream {
@@ -131,13 +134,17 @@ impl Upstream {
     pub async fn connect(&self, target: &Target) -> Result<Connected, ProxyError> {
         let proxy = self.name();
         let e = &self.entry;
+        let started = std::time::Instant::now();
         let stream = self.open().await?;
+        let connected = std::time::Instant::now();
         let _ = stream.set_nodelay(true);
         let sock = socket2_ref(&stream);
         let _ = sock.set_keepalive(true);
         match tokio::time::timeout(e.handshake_timeout, self.handshake(stream, target)).await {
             Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout: e.handshake_timeout }),
-            Ok(r) => r,
+            Ok(r) => {
+                r.map(|c| Connected { connect_time: connected - started, handshake_time: connected.elapsed(), ..c })
+            }
         }
     }
 
@@ -160,7 +167,12 @@ impl Upstream {
                         }
                         socks5::Step::Done(used) => {
                             buf.drain(..used);
-                            return Ok(Connected { stream: s, leftover: buf });
+                            return Ok(Connected {
+                                stream: s,
+                                leftover: buf,
+                                connect_time: Default::default(),
+                                handshake_time: Default::default(),
+                            });
                         }
                     }
                     read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
@@ -172,7 +184,12 @@ impl Upstream {
                     read_more(&mut s, &mut buf, http::MAX_RESPONSE_HEAD).await.map_err(io)?;
                     if let Some(used) = http::parse_response(&buf).map_err(|f| f.into_error(&proxy, target))? {
                         buf.drain(..used);
-                        return Ok(Connected { stream: s, leftover: buf });
+                        return Ok(Connected {
+                            stream: s,
+                            leftover: buf,
+                            connect_time: Default::default(),
+                            handshake_time: Default::default(),
+                        });
                     }
                 }
             }

@@ -30,6 +30,35 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Where scripts/install-deps.sh unpacks Prometheus' promtool.
+pub const PROMTOOL: &str = "/opt/nsproxy-test/bin/promtool";
+
+/// Runs `promtool check metrics` on an exposition and fails on any
+/// complaint. Without promtool: a failure in CI, a loud skip elsewhere.
+pub fn promtool_check(exposition: &str) {
+    if !std::path::Path::new(PROMTOOL).exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{PROMTOOL} is missing: scripts/install-deps.sh installs it");
+        }
+        eprintln!(
+            "\n!!!!! SKIPPED promtool check metrics: {PROMTOOL} is missing (run scripts/install-deps.sh) !!!!!\n"
+        );
+        return;
+    }
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("feed promtool");
+    let o = child.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{exposition}");
+    println!("promtool check metrics: clean ({} lines)", exposition.lines().count());
+}
+
 /// One test at a time per binary for the heavy end-to-end tests (the
 /// machine has 2 cores; parallel topologies only add noise).
 pub fn serial() -> MutexGuard<'static, ()> {
