@@ -8,38 +8,102 @@ use clap::{Parser, Subcommand};
 
 pub const DEFAULT_POLICIES: &str = "/etc/nsproxy/policies";
 
+/// Exit statuses (the man page's EXIT STATUS lists them).
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// A failure: the system, the proxy, the daemon.
+    pub const FAILURE: u8 = 1;
+    /// A usage error: an unknown command or option, a bad argument.
+    pub const USAGE: u8 = 2;
+    /// The policy or a credential is invalid (a file, a field, a secret):
+    /// starting again will not help (systemd: `RestartPreventExitStatus=3`).
+    pub const POLICY: u8 = 3;
+    /// `up`: the account is up and fail-closed, but no proxy passed its
+    /// check yet; the daemon keeps checking.
+    pub const NO_PROXY: u8 = 4;
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nsproxy",
     version,
-    about = "Run unmodified programs whose every connection leaves through the account's proxy"
+    about = "Run unmodified programs whose every connection leaves through the account's proxy",
+    after_help = TOP_EXAMPLES
 )]
 pub struct Cli {
     /// Policy file, or directory of *.yaml policy files.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_POLICIES)]
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_POLICIES, help_heading = GLOBAL)]
     pub policies: PathBuf,
     /// Whether --policies was given (exec refuses one that is not the daemon's).
     #[arg(skip)]
     pub policies_given: bool,
     /// Override a policy field, e.g. --set accounts.account-a.dns.mode=tcp (repeatable; wins
     /// over NSPROXY_ACCOUNTS__ACCOUNT_A__DNS__MODE=tcp in the environment, which wins over the file).
-    #[arg(long = "set", global = true, value_name = "FIELD=VALUE")]
+    #[arg(long = "set", global = true, value_name = "FIELD=VALUE", help_heading = GLOBAL)]
     pub set: Vec<String>,
     /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, value_name = "LEVEL", help_heading = GLOBAL)]
     pub log_level: Option<String>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    /// Log format: human-readable lines, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, help_heading = GLOBAL)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+const TOP_EXAMPLES: &str = "Examples:
+  sudo nsproxy policy check                      # validate /etc/nsproxy/policies
+  sudo nsproxy up account-a                      # namespace, TUN, daemon; prints the egress IP
+  sudo nsproxy exec account-a --user bot -- python3 bot.py
+  sudo nsproxy status                            # every account: daemon, proxy, egress IP
+  sudo nsproxy rotate account-a --burn --for 24h # leave a refused IP for a day
+  sudo nsproxy down account-a";
+
+const UP_EXAMPLES: &str = "Examples:
+  sudo nsproxy up account-a
+  sudo nsproxy --policies ./policies up account-a
+  sudo nsproxy --set accounts.account-a.dns.mode=tcp up account-a
+  nsproxy up --foreground account-a              # under systemd (nsproxy@.service)";
+
+const EXEC_EXAMPLES: &str = "Examples:
+  sudo nsproxy exec account-a -- curl -s https://api.exchange.test/api/v3/ping
+  sudo nsproxy exec account-a --user bot -- python3 bot.py --live
+  sudo -u root nsproxy exec account-a --user 1001 -- /opt/bot/run";
+
+const STATUS_EXAMPLES: &str = "Examples:
+  sudo nsproxy status
+  sudo nsproxy status account-a --json | jq .pool";
+
+const ROTATE_EXAMPLES: &str = "Examples:
+  sudo nsproxy rotate account-a                  # the next usable proxy by priority
+  sudo nsproxy rotate account-a --to res-nl-2
+  sudo nsproxy rotate account-a --burn --for 12h --reset-flows";
+
+/// The CLI as the binary shows it: exec's help leaves out `--set` (exec
+/// takes the running daemon's policy and refuses overrides).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    // exec's own copy of the global `--set`, hidden: the global one is not
+    // propagated where the id exists, and a value given still reaches
+    // `Cli::set` (for exec to refuse it).
+    let hidden_set = clap::Arg::new("set")
+        .long("set")
+        .value_name("FIELD=VALUE")
+        .action(clap::ArgAction::Append)
+        .global(true)
+        .hide(true);
+    Cli::command().mut_subcommand("exec", |c| c.arg(hidden_set))
+}
+
 impl Cli {
     /// Parses the command line, noting which global options were given.
     pub fn parse_args() -> Cli {
-        use clap::{CommandFactory, FromArgMatches};
-        let matches = Cli::command().get_matches();
+        use clap::FromArgMatches;
+        let matches = command().get_matches();
         let mut cli = match Cli::from_arg_matches(&matches) {
             Ok(c) => c,
             Err(e) => e.exit(),
@@ -60,7 +124,16 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the account's namespace and TUN and start its daemon.
+    ///
+    /// Prints when the namespace is in place (its only way out is the
+    /// account's proxy), what it waits for, then the active proxy and its
+    /// egress IP. Exit status 4: the account is up but no proxy passed its
+    /// check (the daemon keeps checking); 3: the policy or a credential is
+    /// invalid.
+    #[command(after_help = UP_EXAMPLES)]
     Up {
+        /// The account's name in the policy.
+        #[arg(value_name = "ACCOUNT")]
         account: String,
         /// Stay in the foreground (for systemd); logs go to stderr.
         #[arg(long)]
@@ -68,13 +141,22 @@ pub enum Command {
     },
     /// Stop the account's daemon and remove its namespace. Safe to repeat.
     Down {
+        /// The account's name (in the policy, or as it is up).
+        #[arg(value_name = "ACCOUNT")]
         account: String,
         /// Also kill the programs still running in the namespace.
         #[arg(long)]
         kill: bool,
     },
     /// Run a program inside the account's namespace as an unprivileged user.
+    ///
+    /// The policy is the running daemon's (overrides do not apply). The
+    /// program's exit status is exec's; 126: it cannot be executed, 127: not
+    /// found.
+    #[command(after_help = EXEC_EXAMPLES)]
     Exec {
+        /// The account to run in (it must be up).
+        #[arg(value_name = "ACCOUNT")]
         account: String,
         /// User to run as (default: the sudo caller).
         #[arg(long, short)]
@@ -84,14 +166,21 @@ pub enum Command {
         command: Vec<OsString>,
     },
     /// Show accounts: namespace, daemon, TUN, proxy.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status {
+        /// One account (default: every account of the policy and every one up).
+        #[arg(value_name = "ACCOUNT")]
         account: Option<String>,
+        /// Print JSON (one object, or a list) instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Switch the account's active proxy now (checked before it is used).
     /// Existing flows keep their proxy unless --reset-flows.
+    #[command(after_help = ROTATE_EXAMPLES)]
     Rotate {
+        /// The account whose proxy changes (it must be up).
+        #[arg(value_name = "ACCOUNT")]
         account: String,
         /// The proxy label to switch to (default: the next usable one by priority).
         #[arg(long, value_name = "LABEL")]
@@ -105,25 +194,34 @@ pub enum Command {
         /// Reset the account's existing connections so programs reconnect through the new proxy.
         #[arg(long)]
         reset_flows: bool,
+        /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Lift the burn of one proxy (found by a check, or by `rotate --burn`): it is a standby again.
     Unburn {
+        /// The account (it must be up).
+        #[arg(value_name = "ACCOUNT")]
         account: String,
         /// The proxy's label.
+        #[arg(value_name = "LABEL")]
         label: String,
+        /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Health-check the active proxy and fetch its egress IP now.
     Check {
+        /// The account (it must be up).
+        #[arg(value_name = "ACCOUNT")]
         account: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the accounts of the policy and whether they are up.
     List {
+        /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -139,7 +237,8 @@ pub enum Command {
     },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
-        #[arg(value_enum)]
+        /// The shell the script is for.
+        #[arg(value_enum, value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), or with --dir write it and one page per command there.
@@ -160,7 +259,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Write a new random Fernet key to PATH (mode 0600; refused if PATH exists).
-    NewKey { path: PathBuf },
+    NewKey {
+        /// Where the key goes, e.g. /etc/nsproxy/secrets/fernet.key.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
     /// Encrypt one value read from stdin (a prompt without echo on a terminal) and print its token.
     Encrypt {
         /// The Fernet key: the key alone, or a .env file holding it.
@@ -173,9 +276,13 @@ pub enum SecretCommand {
     /// Check that credentials resolve: every account's in the policy (or ACCOUNT's), as its
     /// daemon would; or, with --key-file, tokens read from stdin, one per line.
     Check {
+        /// One account (default: every account of the policy).
+        #[arg(value_name = "ACCOUNT")]
         account: Option<String>,
+        /// Check tokens from stdin against this Fernet key instead (the key alone, or a .env file).
         #[arg(long, value_name = "PATH", conflicts_with = "account")]
         key_file: Option<PathBuf>,
+        /// The variable holding the key in a .env file with several values.
         #[arg(long, value_name = "NAME", requires = "key_file")]
         key_name: Option<String>,
     },
@@ -192,36 +299,36 @@ pub enum PolicyCommand {
     /// Credentials are shown by source only.
     Show {
         /// One account (default: all).
+        #[arg(value_name = "ACCOUNT")]
         account: Option<String>,
     },
 }
 
 /// Writes the completion script for `shell` (from the CLI definition).
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
     // Rendered first: clap_complete panics when its writer fails (a closed
     // pipe, `| head`); the write below reports it instead.
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "nsproxy", &mut script);
+    clap_complete::generate(shell, &mut command(), "nsproxy", &mut script);
     out.write_all(&script).and_then(|()| out.flush())
 }
 
 /// Writes the manual page (roff), from the CLI definition.
 pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    let cmd = Cli::command().after_help(MAN_EXTRA);
-    clap_mangen::Man::new(cmd).render(out)
+    crate::manual::render(&command(), "nsproxy", out)
 }
 
-/// Writes nsproxy.1 and a page per visible command (nsproxy-up.1, ...)
-/// into `dir`; returns the files written.
+/// Writes nsproxy.1, a page per visible command (nsproxy-up.1, ...) and
+/// the policy format's page (nsproxy-policy.5) into `dir`; returns the
+/// files written.
 pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command().after_help(MAN_EXTRA);
-    cmd.build();
+    let cmd = command();
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     write_pages(&cmd, "nsproxy", dir, &mut written)?;
+    let path = dir.join("nsproxy-policy.5");
+    std::fs::write(&path, crate::manual::policy_page())?;
+    written.push(path);
     Ok(written)
 }
 
@@ -233,18 +340,13 @@ fn write_pages(
 ) -> std::io::Result<()> {
     let path = dir.join(format!("{name}.1"));
     let mut f = std::fs::File::create(&path)?;
-    clap_mangen::Man::new(cmd.clone()).title(name).render(&mut f)?;
+    crate::manual::render(cmd, name, &mut f)?;
     written.push(path);
     for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
         write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
     }
     Ok(())
 }
-
-const MAN_EXTRA: &str = "Files: policies in /etc/nsproxy/policies (--policies), run state in /run/nsproxy/ACCOUNT \
-(daemon.log, daemon.pid, ctl.sock, stats.json, metrics), pool state in /var/lib/nsproxy/ACCOUNT. \
-Environment: NSPROXY_ACCOUNTS__<ACCOUNT>__<FIELD> overrides a policy field (see --set). \
-Documentation: /usr/share/doc/nsproxy and docs/ in the sources.";
 
 #[cfg(test)]
 mod tests {
@@ -270,12 +372,67 @@ mod tests {
         let pages = man_pages(&dir).expect("pages");
         let names: Vec<String> =
             pages.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
-        for want in ["nsproxy.1", "nsproxy-up.1", "nsproxy-policy-check.1", "nsproxy-secret-encrypt.1"] {
+        for want in
+            ["nsproxy.1", "nsproxy-up.1", "nsproxy-policy-check.1", "nsproxy-secret-encrypt.1", "nsproxy-policy.5"]
+        {
             assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("daemon")), "{names:?}");
         let up = std::fs::read_to_string(dir.join("nsproxy-up.1")).expect("read");
         assert!(up.contains("foreground"), "{up}");
+        assert!(up.contains(".SH EXAMPLES") && up.contains(".SH EXIT STATUS"), "{up}");
+        for section in [".SH EXAMPLES", ".SH FILES", ".SH ENVIRONMENT", ".SH EXIT STATUS", ".SH SEE ALSO"] {
+            assert!(man.contains(section), "nsproxy.1 lacks {section}");
+        }
+        let policy = std::fs::read_to_string(dir.join("nsproxy-policy.5")).expect("read");
+        assert!(policy.starts_with(".TH nsproxy-policy 5"), "{}", &policy[..80.min(policy.len())]);
+        assert!(policy.contains("health_check") && policy.contains(".SH"), "{policy}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    fn help(args: &[&str]) -> String {
+        let e = command().try_get_matches_from(args).expect_err("--help ends the parse");
+        e.render().to_string()
+    }
+
+    #[test]
+    fn every_argument_has_help_and_exec_shows_no_set() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = a.get_id().as_str();
+                if a.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&command(), "nsproxy", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        let exec = help(&["nsproxy", "exec", "--help"]);
+        assert!(!exec.contains("--set"), "{exec}");
+        assert!(exec.contains("Examples:") && exec.contains("ACCOUNT"), "{exec}");
+        let up = help(&["nsproxy", "up", "--help"]);
+        assert!(up.contains("Global options:") && up.contains("--set"), "{up}");
+        assert!(up.contains("Exit status 4"), "{up}");
+        // Hidden, but still seen: exec refuses it.
+        use clap::FromArgMatches;
+        for args in [
+            &["nsproxy", "exec", "--set", "a=b", "x", "--", "true"][..],
+            &["nsproxy", "--set", "a=b", "exec", "x", "--", "true"],
+        ] {
+            let m = command().try_get_matches_from(args).expect("parses");
+            let cli = Cli::from_arg_matches(&m).expect("cli");
+            assert_eq!(cli.set, vec!["a=b".to_string()], "{args:?}");
+        }
+        let top = help(&["nsproxy", "--help"]);
+        assert!(top.contains("Global options:") && top.contains("Examples:"), "{top}");
     }
 }

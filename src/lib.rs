@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod fleet;
 pub mod host;
+pub mod manual;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
