@@ -206,7 +206,9 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 [ "$new" != "$pid" ] || fail "a wedged daemon was not restarted by the watchdog"
-journalctl -u "nsproxy@$acct" --no-pager | grep -qi "watchdog timeout" || fail "no watchdog timeout in the journal"
+for _ in $(seq 50); do journalctl --no-pager -n 200 | grep -qi "nsproxy@$acct.service: watchdog timeout" && break; sleep 0.2; done
+journalctl --no-pager -n 200 | grep -qi "nsproxy@$acct.service: watchdog timeout" \
+  || { journalctl --no-pager -n 30; fail "no watchdog timeout in the journal"; }
 ok "watchdog: a healthy daemon ran on (8 s at WatchdogSec=3s); a SIGSTOPped one was restarted (pid $pid -> $new, NRestarts $restarts -> $(systemctl show -p NRestarts --value "nsproxy@$acct"))"
 rm -rf "/etc/systemd/system/nsproxy@$acct.service.d"
 systemctl daemon-reload
