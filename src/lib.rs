@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cni;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -18,6 +18,10 @@ fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // Run by a container runtime as its CNI plugin: env + stdin, JSON out.
+    if commands::cni::invoked_as_plugin() {
+        return commands::cni::plugin();
+    }
     let cli = Cli::parse_args();
     // `exec` first: no runtime, no thread, nothing else may have started.
     if let Command::Exec { account, user, command } = &cli.command {

@@ -154,7 +154,14 @@ fn down_after_each_partial_state_removes_everything_and_repeats() {
             std::fs::create_dir_all(h.paths().run_dir("acct")).unwrap();
             h.netns_create("nsp-acct").unwrap();
             h.etc_netns_write("nsp-acct", "198.18.0.2".parse().unwrap()).unwrap();
-            let plan = nsproxy::host::TunPlan { namespace: "nsp-acct".into(), mtu: 1500, txqueuelen: 10, ipv6: false };
+            let plan = nsproxy::host::TunPlan {
+                namespace: "nsp-acct".into(),
+                path: None,
+                ifname: "tun0".into(),
+                mtu: 1500,
+                txqueuelen: 10,
+                ipv6: false,
+            };
             drop(h.tun_create(&plan).unwrap());
         }),
     ];

@@ -98,6 +98,7 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
         },
         tasks: tasks.clone(),
         stop: stop.clone(),
+        stats: None,
     })
     .expect("data plane on the socketpair");
     let run = tokio::spawn(dp.run(stop.clone()));

@@ -12,6 +12,7 @@ const RANKS: &[(&str, u32)] = &[
     ("proxy::verdict", 0),
     ("cli", 1),
     ("manual", 0),
+    ("cni", 0),
     ("config", 1),
     ("secrets", 2),
     ("proxy", 3),

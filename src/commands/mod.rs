@@ -1,6 +1,7 @@
 //! The CLI's commands, one file each: `up`, `down`, `status`/`list`,
 //! `rotate`/`check` (control), `policy check`/`show`, `secret`, `exec`.
 
+pub mod cni;
 pub mod control;
 pub mod down;
 pub mod exec;

@@ -88,6 +88,8 @@ pub struct AccountStatus {
     pub pool: Vec<ProxyStatus>,
     /// The pool state file could not be read.
     pub pool_error: Option<String>,
+    /// Containers attached by the CNI plugin.
+    pub containers: Vec<crate::published::containers::Attachment>,
 }
 
 fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
@@ -131,6 +133,7 @@ fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::A
         namespace,
         pool,
         pool_error,
+        containers: rundir::attachments(host.paths(), Some(account)),
     }
 }
 
@@ -224,6 +227,10 @@ pub fn render(list: &[AccountStatus], now: u64) -> String {
             }
         }
         let _ = writeln!(o, "  egress IP: {}", s.egress_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+        if !s.containers.is_empty() {
+            let ids: Vec<String> = s.containers.iter().map(|c| format!("{} ({})", c.container, c.network)).collect();
+            let _ = writeln!(o, "  containers: {}", ids.join(", "));
+        }
         if let Some(e) = &s.pool_error {
             let _ = writeln!(o, "  pool:      ERROR {e}");
         }
@@ -368,6 +375,7 @@ mod tests {
                 },
             ],
             pool_error: None,
+            containers: Vec::new(),
         }
     }
 

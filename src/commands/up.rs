@@ -25,6 +25,18 @@ pub struct DaemonLog<'a> {
 }
 
 pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: DaemonLog<'_>) -> anyhow::Result<()> {
+    up_to(policy, account, foreground, daemon_log, &mut std::io::stdout())
+}
+
+/// `up`, telling `out` how it goes (the CNI plugin: stderr, since its
+/// stdout is the runtime's).
+pub fn up_to(
+    policy: &config::Policy,
+    account: &str,
+    foreground: bool,
+    daemon_log: DaemonLog<'_>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
     require_root("up")?;
     let a = policy.load_account(account)?;
     let host = host();
@@ -44,7 +56,8 @@ pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: 
         }
     }
     if rd.daemon_alive() {
-        println!(
+        let _ = writeln!(
+            out,
             "account {account} is already up (namespace {}, daemon pid {})",
             a.namespace,
             rd.read_pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
@@ -120,13 +133,14 @@ pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: 
         Some(FirstLine::Other(l)) => return Err(not_ready(&mut child, &format!("it said {l:?}"))),
         None => return Err(not_ready(&mut child, "no READY within 30 s or the daemon exited")),
     };
-    println!(
+    let _ = writeln!(
+        out,
         "account {account}: namespace {} is in place; its only way out is the account's proxy (daemon pid {})",
         a.namespace,
         child.id()
     );
-    println!("account {account}: waiting up to {} s for {waiting_for}", bound.as_secs());
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = writeln!(out, "account {account}: waiting up to {} s for {waiting_for}", bound.as_secs());
+    let _ = out.flush();
     let chosen = lines.next(Instant::now() + bound + CHOICE_SLACK);
     let (summary, in_time) = match chosen.as_deref().map(parse_pool) {
         Some(Ok(x)) => x,
@@ -141,7 +155,7 @@ pub fn up(policy: &config::Policy, account: &str, foreground: bool, daemon_log: 
     };
     match &summary.active {
         Some(_) => {
-            println!("account {account} is up: {}", summary.line());
+            let _ = writeln!(out, "account {account} is up: {}", summary.line());
             Ok(())
         }
         None => Err(anyhow::Error::new(NoUsableProxy(format!(

@@ -41,11 +41,26 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Call>, account: Stri
 }
 
 /// Control dispatch: `rotate` and `check` become orders for the pool
-/// manager, which answers them itself; `exec` refusals are logged here.
-/// Ends when the socket's server is gone.
-pub async fn dispatch(mut calls: mpsc::Receiver<Call>, orders: mpsc::Sender<OrderCall>, account: String) {
+/// manager, `attach` and `detach` for the containers' service, which
+/// answer them themselves; `exec` refusals are logged here. Ends when the
+/// socket's server is gone.
+pub async fn dispatch(
+    mut calls: mpsc::Receiver<Call>,
+    orders: mpsc::Sender<OrderCall>,
+    containers: mpsc::Sender<super::containers::Call>,
+    account: String,
+) {
+    use super::containers::Order as C;
     while let Some((req, reply)) = calls.recv().await {
         let order = match req {
+            Request::Attach { container, netns, ifname } => {
+                let _ = containers.send((C::Attach { container, netns, ifname }, reply)).await;
+                continue;
+            }
+            Request::Detach { container } => {
+                let _ = containers.send((C::Detach { container }, reply)).await;
+                continue;
+            }
             Request::Rotate { to, burn, burn_for_secs, reset_flows } => {
                 Order::Rotate { to, burn, burn_for_secs, reset_flows }
             }

@@ -3,6 +3,7 @@
 //! its state, then supervises the services and the data plane on the TUN
 //! until told to stop. Lives in the host namespace.
 
+pub mod containers;
 pub mod control;
 pub mod notify;
 pub mod plan;
@@ -81,6 +82,8 @@ pub struct Started {
     pub claim: Claim,
     /// The pool manager's checks, ready to run.
     pub checks: ManagerConfig,
+    /// The host's roots (the containers' records are under them).
+    pub paths: crate::host::Paths,
 }
 
 /// Loads the account and its credentials, claims it, opens the pool and
@@ -138,7 +141,7 @@ pub fn start_with(
         Ok(tun)
     });
     match applied {
-        Ok(tun) => Ok(Started { account, plan, pool, fleet, tun, claim, checks }),
+        Ok(tun) => Ok(Started { account, plan, pool, fleet, tun, claim, checks, paths: host.paths().clone() }),
         Err(e) => {
             plan.rollback(host, claim);
             Err(e)

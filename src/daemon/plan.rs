@@ -58,6 +58,8 @@ impl AccountPlan {
             run: RunDir::new(paths, &a.name),
             tun: TunPlan {
                 namespace: a.namespace.clone(),
+                path: None,
+                ifname: plan::TUN_NAME.into(),
                 mtu: a.mtu,
                 txqueuelen: a.limits.tun_queue_len(),
                 ipv6: a.ipv6 == config::Ipv6Mode::Proxy,
@@ -75,7 +77,14 @@ impl AccountPlan {
         let namespace = plan::namespace_of(account, from_state, from_policy);
         AccountPlan {
             account: account.into(),
-            tun: TunPlan { namespace: namespace.clone(), mtu: 0, txqueuelen: 0, ipv6: false },
+            tun: TunPlan {
+                namespace: namespace.clone(),
+                path: None,
+                ifname: plan::TUN_NAME.into(),
+                mtu: 0,
+                txqueuelen: 0,
+                ipv6: false,
+            },
             namespace,
             run,
             dns: plan::DNS_V4,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::plan::{AccountPlan, Claim};
-use super::{ON_EXIT, Started, control, notify, publish};
+use super::{ON_EXIT, Started, containers, control, notify, publish};
 use crate::config::Account;
 use crate::config::{DnsMode, MetricsListen};
 use crate::dataplane::{Dataplane, Limits, Parts};
@@ -99,8 +99,8 @@ pub async fn supervise(
     shutdown: impl Future<Output = ()>,
     progress: impl FnMut(Progress),
 ) -> (anyhow::Result<()>, Claim) {
-    let Started { account, plan, pool, fleet, tun, claim, checks } = s;
-    let res = run(Service { account, plan, pool, fleet, tun, checks }, shutdown, progress).await;
+    let Started { account, plan, pool, fleet, tun, claim, checks, paths } = s;
+    let res = run(Service { account, plan, pool, fleet, tun, checks, paths }, shutdown, progress).await;
     (res, claim)
 }
 
@@ -112,10 +112,11 @@ struct Service {
     fleet: Option<Arc<ServiceClient>>,
     tun: OwnedFd,
     checks: ManagerConfig,
+    paths: crate::host::Paths,
 }
 
 async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl FnMut(Progress)) -> anyhow::Result<()> {
-    let Service { account, plan, pool, fleet, tun, checks } = s;
+    let Service { account, plan, pool, fleet, tun, checks, paths } = s;
     let name = account.name.clone();
     let bound = checks.first_choice_bound(&account);
     let waiting_for = waiting_for(&account, &checks);
@@ -131,8 +132,9 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
         control::bind(&ctl).map_err(|e| anyhow::anyhow!("account {name}: control socket {}: {e}", ctl.display()))?;
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (orders_tx, orders_rx) = mpsc::channel(16);
+    let (containers_tx, containers_rx) = mpsc::channel(16);
     services.spawn(until(services_stop.clone(), control::serve(listener, calls_tx, name.clone())));
-    services.spawn(until(services_stop.clone(), control::dispatch(calls_rx, orders_tx, name.clone())));
+    services.spawn(until(services_stop.clone(), control::dispatch(calls_rx, orders_tx, containers_tx, name.clone())));
 
     // Fleet mode: the service's member and its feedback queue.
     let fleet = match (fleet, &account.external_service) {
@@ -163,17 +165,35 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
         }
         _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&plan.run.fakeip_path(), &name))),
     };
+    let dns = Arc::new(dns);
+    let stats = Arc::new(crate::dataplane::stats::Stats::default());
     let dp = Dataplane::new(Parts {
         account: name.clone(),
         device: tun,
         router: pool.clone(),
-        dns: Arc::new(dns),
-        names,
+        dns: dns.clone(),
+        names: names.clone(),
         limits: Limits::from_account(&account),
         tasks: tasks.clone(),
         stop: flows_stop.clone(),
+        stats: Some(stats.clone()),
     })
     .with_context(|| format!("account {name}: TUN"))?;
+    // Containers (CNI): their TUNs, served with the same pool and counters;
+    // the ones recorded before this start are attached again first.
+    let attached = containers::Shared {
+        account: name.clone(),
+        paths,
+        pool: pool.clone(),
+        dns,
+        names,
+        limits: Limits::from_account(&account),
+        stats,
+        tasks: tasks.clone(),
+        stop: flows_stop.clone(),
+        tun: plan.tun.clone(),
+    };
+    services.spawn(containers::serve(attached, containers_rx));
     let observer = dp.observer();
     services.spawn(publish::stats(pool.clone(), observer.clone(), plan.run.clone(), services_stop.clone()));
     if let Some(listen) = account.metrics.clone() {

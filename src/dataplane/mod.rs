@@ -161,6 +161,9 @@ pub struct Parts {
     pub tasks: TaskTracker,
     /// Cancelled at shutdown: every flow and DNS task ends.
     pub stop: CancellationToken,
+    /// The counters to add to: shared by every device of one account (its
+    /// own TUN and its containers'), or None for counters of its own.
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl Dataplane {
@@ -173,7 +176,7 @@ impl Dataplane {
             router: p.router,
             names: p.names,
             limits: p.limits,
-            stats: Arc::new(Stats::default()),
+            stats: p.stats.unwrap_or_default(),
             shared: Arc::new(Shared::new(stack)),
             dns: p.dns,
             tun,

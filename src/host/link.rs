@@ -27,7 +27,12 @@ pub enum LinkError {
 
 #[derive(Debug, Clone)]
 pub struct TunPlan {
+    /// The account's named namespace, or how messages call a container's.
     pub namespace: String,
+    /// A container's namespace file (the runtime's); None: the named one.
+    pub path: Option<std::path::PathBuf>,
+    /// The interface's name (`tun0`, or the runtime's `CNI_IFNAME`).
+    pub ifname: String,
     pub mtu: u32,
     pub txqueuelen: u32,
     /// Route IPv6 into the TUN (`ipv6: proxy`); otherwise IPv6 is disabled
@@ -40,29 +45,43 @@ pub struct TunPlan {
 /// IPv6 gets no route (so it fails at once with ENETUNREACH).
 pub fn create_tun(paths: &Paths, p: &TunPlan) -> Result<OwnedFd, LinkError> {
     let plan_c = p.clone();
-    super::netns::run_in(paths, &p.namespace, move || create_tun_here(&plan_c))?
+    match &p.path {
+        None => super::netns::run_in(paths, &p.namespace, move || create_tun_here(&plan_c))?,
+        Some(path) => super::netns::run_in_path(path, &p.namespace, move || create_tun_here(&plan_c))?,
+    }
+}
+
+/// Whether the plan's interface exists in its namespace (CNI CHECK).
+pub fn tun_present_in(paths: &Paths, p: &TunPlan) -> bool {
+    let name = p.ifname.clone();
+    let here = move || nix::net::if_::if_nametoindex(name.as_str()).is_ok();
+    match &p.path {
+        None => super::netns::run_in(paths, &p.namespace, here).unwrap_or(false),
+        Some(path) => super::netns::run_in_path(path, &p.namespace, here).unwrap_or(false),
+    }
 }
 
 fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
     let ns = p.namespace.clone();
     let mut cfg = tun::Configuration::default();
-    cfg.tun_name(plan::TUN_NAME).platform_config(|c| {
+    cfg.tun_name(&p.ifname).platform_config(|c| {
         c.ensure_root_privileges(false);
     });
     let dev = tun::create(&cfg).map_err(|e| LinkError::CreateTun {
         ns: ns.clone(),
-        name: plan::TUN_NAME.into(),
+        name: p.ifname.clone(),
         reason: e.to_string(),
     })?;
     dev.set_nonblock().map_err(|e| LinkError::CreateTun {
         ns: ns.clone(),
-        name: plan::TUN_NAME.into(),
+        name: p.ifname.clone(),
         reason: e.to_string(),
     })?;
     let fd = super::sys::tun_into_owned(dev);
-    // IPv6 blocked: no address, no route, and no link-local either.
+    // IPv6 blocked: no address, no route, and no link-local either. (In a
+    // container's namespace /proc/sys is the namespace's own.)
     let v6_off = if p.ipv6 { "0" } else { "1" };
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", plan::TUN_NAME), v6_off);
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", p.ifname), v6_off);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| LinkError::Netlink {
         ns: ns.clone(),
         op: "runtime",
@@ -85,26 +104,26 @@ async fn configure(p: &TunPlan) -> Result<(), LinkError> {
     let res = async {
         let lo = index_of(&handle, "lo").await.map_err(nl("find lo"))?;
         handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("set lo up"))?;
-        let tun = index_of(&handle, plan::TUN_NAME).await.map_err(nl("find tun0"))?;
+        let tun = index_of(&handle, &p.ifname).await.map_err(nl("find the TUN"))?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(tun).mtu(p.mtu).txqueuelen(p.txqueuelen).up().build())
             .execute()
             .await
-            .map_err(nl("set tun0 up"))?;
+            .map_err(nl("set the TUN up"))?;
         handle
             .address()
             .add(tun, IpAddr::V4(plan::TUN_V4), 32)
             .replace()
             .execute()
             .await
-            .map_err(nl("add tun0 address"))?;
+            .map_err(nl("add the TUN's address"))?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(tun).build();
         handle.route().add(route).replace().execute().await.map_err(nl("add default route"))?;
         if p.ipv6 {
             let mut req = handle.address().add(tun, IpAddr::V6(plan::TUN_V6), 128).replace();
             req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-            req.execute().await.map_err(nl("add tun0 IPv6 address"))?;
+            req.execute().await.map_err(nl("add the TUN's IPv6 address"))?;
             let route = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(tun).build();
             handle.route().add(route).replace().execute().await.map_err(nl("add IPv6 default route"))?;
         }

@@ -105,7 +105,18 @@ where
     if !exists(paths, name) {
         return Err(NetnsError::Missing { name: name.into() });
     }
-    let file = File::open(paths.netns(name)).map_err(|source| NetnsError::Open { name: name.into(), source })?;
+    run_in_path(&paths.netns(name), name, f)
+}
+
+/// `run_in` for a namespace given by its file (a container's, made by the
+/// runtime: `/run/netns/cni-...` or `/proc/PID/ns/net`); `name` is how
+/// messages call it.
+pub fn run_in_path<T, F>(path: &Path, name: &str, f: F) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let file = File::open(path).map_err(|source| NetnsError::Open { name: name.into(), source })?;
     let owned = name.to_string();
     std::thread::Builder::new()
         .name(format!("netns-{name}"))

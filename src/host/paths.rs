@@ -56,6 +56,12 @@ impl Paths {
         self.etc_netns.join(namespace)
     }
 
+    /// Containers attached by the CNI plugin: one record per container,
+    /// and the plugin's locks.
+    pub fn cni_dir(&self) -> PathBuf {
+        self.run_root.join(".cni")
+    }
+
     /// Serialises namespace creation and removal between nsproxy processes.
     pub fn netns_lock(&self) -> PathBuf {
         self.run_root.join(".netns.lock")

@@ -175,6 +175,7 @@ pub fn accounts_with_rundir(paths: &Paths) -> Vec<String> {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
@@ -291,4 +292,26 @@ mod tests {
         assert!(out.contains("networks: files\n"));
         assert!(nsswitch_for_namespace("").contains("hosts: files dns"));
     }
+}
+
+/// The containers attached to accounts (all of them, or `account`'s),
+/// from their records; unreadable records are skipped.
+pub fn attachments(paths: &Paths, account: Option<&str>) -> Vec<crate::published::containers::Attachment> {
+    let mut v: Vec<crate::published::containers::Attachment> = fs::read_dir(paths.cni_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.retain(|a: &crate::published::containers::Attachment| account.is_none_or(|n| a.account == n));
+    v.sort_by(|a, b| a.container.cmp(&b.container));
+    v
+}
+
+/// Where a container's record is.
+pub fn attachment_path(paths: &Paths, container: &str) -> PathBuf {
+    paths.cni_dir().join(format!("{container}.json"))
 }

@@ -29,6 +29,12 @@ pub enum Request {
     Check,
     /// Lift the burn of one proxy.
     Unburn { label: String },
+    /// A container joins the account (the CNI plugin's ADD): the daemon
+    /// creates the TUN `ifname` in the container's namespace `netns` and
+    /// serves it like the account's own.
+    Attach { container: String, netns: String, ifname: String },
+    /// The container leaves (DEL): its TUN is closed. Unknown: no error.
+    Detach { container: String },
     /// `nsproxy exec` refused someone: the daemon logs it with the
     /// account's other events.
     ExecRefused {

@@ -3,6 +3,7 @@
 //! records of `pool.json`, and the control socket's messages. Plain data
 //! with serde; this module depends on nothing else in the crate.
 
+pub mod containers;
 pub mod control;
 pub mod pool;
 pub mod service;
