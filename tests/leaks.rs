@@ -564,3 +564,75 @@ fn inbound_probes_reach_no_account() {
     assert!(listening.is_empty(), "the daemons listen on a network port: {listening:?}");
     assert!(!topo.leaked());
 }
+
+/// The probes from inside a podman container on an nsproxy CNI network
+/// (the host's `/usr` bound in, for Python), as root in the container.
+fn probe_in_container(pm: &containers::Podman, id: &str, bed: &Bed) -> String {
+    let script = bed.topo.dir.join("probe.py");
+    let script = script.to_str().expect("utf-8");
+    let args = bed.args();
+    let mut argv = vec!["/usr/bin/python3", script];
+    argv.extend(args.split_whitespace());
+    let mut text = out(&pm.exec(id, &argv));
+    for x in bed.icmp_targets() {
+        let o = pm.exec(id, &["ping", "-n", "-c1", "-W1", &x]);
+        let last = format!("{}{}", out(&o), err(&o)).lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+        let result = format!("exit {}: {last}", o.status.code().unwrap_or(-1));
+        text += &(serde_json::json!({"probe": format!("ping as root {x}"), "result": result}).to_string() + "\n");
+    }
+    text
+}
+
+#[test]
+fn no_probe_leaves_a_container_in_any_state() {
+    if !root_or_skip("leak_probe_container") || !containers::tools_or_skip("leak_probe_container", &["podman", "runc"])
+    {
+        return;
+    }
+    let _g = serial();
+    let mut bed = Bed::new();
+    let probe_file = bed.topo.dir.join("probe.py");
+    std::fs::write(&probe_file, probe_script(PROBE_PY)).expect("probe");
+    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_file.display()));
+    // Positive control: the same probes from the unprotected host.
+    let args = bed.args();
+    let control = bed.observe("c-control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_file.display()))));
+    print_probes("positive control (host, unprotected)", &control.0);
+    assert!(control.1.iter().any(|l| l.contains(&bed.topo.host_addr.to_string())), "the origin capture sees the host");
+    assert!(!control.2.is_empty(), "the LAN capture sees the host's probes");
+
+    let topo = &bed.topo;
+    let e1 = topo.proxies[0].egress.to_string();
+    let a = Account::for_proxy("lc", &topo.proxies[0], "    ipv6: proxy\n");
+    let pm = containers::Podman::new("leak");
+    pm.network("nsp-leak", &a);
+    let id = pm.start("nsp-leak", &bed.topo.dir);
+    // 1. Running.
+    let seen = bed.observe("c-running", || probe_in_container(&pm, &id, &bed));
+    assert_no_leak("container, running", &seen);
+    let r = result_of(&seen.0, &format!("tcp {}:80", bed.topo.origin_addr));
+    assert!(r.contains(&format!("answer {e1}")), "TCP from the container arrives from the proxy's address: {r}");
+    // 2. The account's proxy dead.
+    bed.topo.stop_proxy(0);
+    let seen = bed.observe("c-proxy-dead", || probe_in_container(&pm, &id, &bed));
+    assert_no_leak("container, proxy dead", &seen);
+    bed.topo.start_proxy(0);
+    // 3. The engine (the account's daemon) killed: the TUN goes with it.
+    let pid = a.daemon_pid().expect("daemon pid");
+    must(&format!("kill -9 {pid}"));
+    wait_until("daemon gone", Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let seen = bed.observe("c-engine-killed", || probe_in_container(&pm, &id, &bed));
+    assert_no_leak("container, engine killed", &seen);
+    let links = out(&pm.exec(&id, &["ip", "-o", "link", "show"]));
+    assert!(!links.contains("eth0"), "the TUN went with the daemon: {links}");
+    // Up again: the container is attached again and egresses as before.
+    a.up();
+    wait_until("the container attached again", Duration::from_secs(15), || {
+        out(&pm.exec(&id, &["curl", "-sS", "-m", "5", "http://api.exchange.test/"])).trim() == e1
+    });
+    assert!(pm.remove(&id).status.success());
+    wait_until("the container's record gone", Duration::from_secs(10), || {
+        a.status_json()["containers"].as_array().is_none_or(|c| c.is_empty())
+    });
+    let _ = &mut bed;
+}

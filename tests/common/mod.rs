@@ -185,6 +185,8 @@ pub enum Kind {
 
 mod account;
 mod capture;
+#[allow(dead_code)]
+pub mod containers;
 mod service;
 mod topology;
 
