@@ -4,7 +4,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
       microsocks dante-server tinyproxy dnsmasq-base dnsutils python3 python3-websockets python3-venv iputils-ping tcpdump
-      dpkg-dev)
+      dpkg-dev podman containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,7 +13,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   # Debian's packages start their own services where an init system runs;
-  # the tests start their own instances in namespaces and never use those.
+  # the tests start their own instances in namespaces and never use those
+  # (containerd: a private instance per test; podman: a private config;
+  # Debian's /etc/cni/net.d/87-podman-bridge.conflist is never used).
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then

@@ -97,7 +97,16 @@ done
 inst -m 0644 policies/examples/*.yaml "$root$PREFIX/share/doc/nsproxy/examples/"
 echo tun >"$tmp/nsproxy.conf"
 inst -m 0644 "$tmp/nsproxy.conf" "$root/etc/modules-load.d/nsproxy.conf"
-say "nsproxy@.service in $root/etc/systemd/system, example bot units in $root$PREFIX/share/doc/nsproxy/examples"
+inst -m 0644 packaging/examples/*.conflist "$root$PREFIX/share/doc/nsproxy/examples/"
+say "nsproxy@.service in $root/etc/systemd/system, example bot units and CNI network in $root$PREFIX/share/doc/nsproxy/examples"
+# The CNI plugin: the same binary under the name runtimes call, where
+# containerd and kubelet (/opt/cni/bin) and Debian's podman (/usr/lib/cni)
+# look for plugins.
+for d in /opt/cni/bin /usr/lib/cni; do
+  inst -d -m 0755 "$root$d"
+  ln -sfn "$PREFIX/bin/nsproxy" "$root$d/nsproxy-cni"
+done
+say "CNI plugin nsproxy-cni in $root/opt/cni/bin and $root/usr/lib/cni (see docs/containers.md)"
 # Policies and secrets: root's alone. Existing ones are left as they are,
 # but a directory anyone else can read is corrected (and said).
 for d in /etc/nsproxy/policies /etc/nsproxy/secrets /var/lib/nsproxy; do

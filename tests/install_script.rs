@@ -48,6 +48,10 @@ fn stages_the_binary_units_pages_and_private_directories_and_can_run_again() {
         assert!(p.is_file() && std::fs::metadata(&p).expect("meta").len() > 0, "{f} missing:\n{}", said(&o));
     }
     assert_eq!(mode(&root.join("usr/local/bin/nsproxy")), 0o755);
+    for d in ["opt/cni/bin", "usr/lib/cni"] {
+        let link = std::fs::read_link(root.join(d).join("nsproxy-cni")).expect("the CNI plugin link");
+        assert_eq!(link, Path::new("/usr/local/bin/nsproxy"), "{d}");
+    }
     for d in ["etc/nsproxy/policies", "etc/nsproxy/secrets", "var/lib/nsproxy"] {
         assert_eq!(mode(&root.join(d)), 0o700, "{d}");
     }

@@ -50,9 +50,13 @@ done
 zcat /usr/share/man/man1/nsproxy-up.1.gz | grep -q foreground || fail "nsproxy-up.1 lacks --foreground"
 # (Documentation= man: links fail to resolve where man-db is not installed.)
 zcat /usr/share/man/man1/nsproxy.1.gz | grep -q "EXIT STATUS" || fail "nsproxy.1 lacks EXIT STATUS"
+for d in /usr/lib/cni /opt/cni/bin; do
+  v=$(CNI_COMMAND=VERSION "$d/nsproxy-cni" </dev/null) || fail "$d/nsproxy-cni VERSION"
+  case "$v" in *'"supportedVersions"'*'"1.0.0"'*) ;; *) fail "$d/nsproxy-cni VERSION: $v" ;; esac
+done
 complaints=$(systemd-analyze verify /usr/lib/systemd/system/nsproxy@.service 2>&1 | grep -v "Command 'man " | grep -v '^$' || true)
 [ -z "$complaints" ] || fail "systemd-analyze verify: $complaints"
-ok "completions, man pages and the unit in place"
+ok "completions, man pages, the unit and the CNI plugin in place"
 
 # The proxy's namespace: microsocks on 10.231.0.2:1080 (reached from the
 # host over a veth), the origin on 10.231.1.1:8080 (its loopback only: the

@@ -68,7 +68,7 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<Value>, CniError> {
     }
     let h = host();
     let paths = h.paths().clone();
-    let policy = config::Policy::plain(&conf.policies.clone().unwrap_or_else(|| config_default()));
+    let policy = config::Policy::plain(&conf.policies.clone().unwrap_or_else(config_default));
     match env.command {
         Command::Add => add(&paths, env, &conf, &policy).map(Some),
         Command::Del => del(&paths, env).map(|()| None),

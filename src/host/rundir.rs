@@ -278,22 +278,6 @@ pub fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn nsswitch_replaces_only_hosts() {
-        let host = "passwd: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] resolve dns myhostname\nnetworks: files\n";
-        let out = nsswitch_for_namespace(host);
-        assert!(out.contains("passwd: files systemd\n"));
-        assert!(out.contains("\nhosts: files dns\n"));
-        let hosts: Vec<&str> = out.lines().filter(|l| l.starts_with("hosts:")).collect();
-        assert_eq!(hosts, vec!["hosts: files dns"]);
-        assert!(out.contains("networks: files\n"));
-        assert!(nsswitch_for_namespace("").contains("hosts: files dns"));
-    }
-}
-
 /// The containers attached to accounts (all of them, or `account`'s),
 /// from their records; unreadable records are skipped.
 pub fn attachments(paths: &Paths, account: Option<&str>) -> Vec<crate::published::containers::Attachment> {
@@ -314,4 +298,20 @@ pub fn attachments(paths: &Paths, account: Option<&str>) -> Vec<crate::published
 /// Where a container's record is.
 pub fn attachment_path(paths: &Paths, container: &str) -> PathBuf {
     paths.cni_dir().join(format!("{container}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn nsswitch_replaces_only_hosts() {
+        let host = "passwd: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] resolve dns myhostname\nnetworks: files\n";
+        let out = nsswitch_for_namespace(host);
+        assert!(out.contains("passwd: files systemd\n"));
+        assert!(out.contains("\nhosts: files dns\n"));
+        let hosts: Vec<&str> = out.lines().filter(|l| l.starts_with("hosts:")).collect();
+        assert_eq!(hosts, vec!["hosts: files dns"]);
+        assert!(out.contains("networks: files\n"));
+        assert!(nsswitch_for_namespace("").contains("hosts: files dns"));
+    }
 }

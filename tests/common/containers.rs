@@ -185,7 +185,7 @@ impl Podman {
 /// (`00-...`) and every file it adds is removed on drop.
 pub struct Containerd {
     pub dir: PathBuf,
-    pid: u32,
+    child: std::process::Child,
     added: Vec<PathBuf>,
     made_dirs: Vec<PathBuf>,
 }
@@ -215,7 +215,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        let mut me = Containerd { dir: dir.clone(), pid: child.id(), added: Vec::new(), made_dirs: Vec::new() };
+        let mut me = Containerd { dir: dir.clone(), child, added: Vec::new(), made_dirs: Vec::new() };
         let sock = dir.join("containerd.sock");
         for _ in 0..100 {
             if sock.exists() {
@@ -279,13 +279,16 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = sh(&format!("kill {}", self.pid));
+        // The containerd this test started, by its pid: TERM, then KILL.
+        let _ = sh(&format!("kill {}", self.child.id()));
         for _ in 0..50 {
-            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         for f in self.added.drain(..).rev() {
             let _ = std::fs::remove_file(f);
         }
