@@ -19,7 +19,7 @@ cargo test --locked --bench proxy
 cargo test --locked --no-fail-fast --lib --bins --tests
 # Bad input: a short libFuzzer run of every fuzz target (packets, DNS,
 # proxy replies, policies, control requests, service answers, check
-# answers), from the
+# answers, the CNI plugin's configuration and environment), from the
 # corpus kept in fuzz/corpus. Longer runs: scripts/fuzz.sh 600.
 ./scripts/fuzz.sh 20
 # The VM stage: the Vagrant VM booted offline, the .deb and its systemd
