@@ -99,6 +99,27 @@ pub fn render(f: &Figures) -> String {
     metric("dns_answers_total", "counter", "DNS answers given, by mode and result.", &rows);
     metric("dns_queries_total", "counter", "DNS queries received.", &one(s.dns_queries));
     metric("udp_refused_total", "counter", "UDP packets refused (ICMP unreachable).", &one(s.udp_refused));
+    metric(
+        "udp_associations_total",
+        "counter",
+        "SOCKS5 UDP associations opened (udp: proxy).",
+        &one(s.udp_associations),
+    );
+    let rows = vec![
+        ("direction=\"up\"".to_string(), s.udp_datagrams_up.to_string()),
+        ("direction=\"down\"".to_string(), s.udp_datagrams_down.to_string()),
+    ];
+    metric("udp_datagrams_total", "counter", "UDP datagrams relayed through the proxy, by direction.", &rows);
+    let rows = vec![
+        ("reason=\"queue_or_header\"".to_string(), s.udp_dropped.to_string()),
+        ("reason=\"fragment\"".to_string(), s.udp_fragments_dropped.to_string()),
+    ];
+    metric(
+        "udp_dropped_total",
+        "counter",
+        "UDP datagrams dropped (a full queue or a bad header; fragments from the relay).",
+        &rows,
+    );
     metric("failovers_total", "counter", "Switches to another proxy after a failure.", &one(f.failovers));
     metric("rotations_total", "counter", "Manual rotations.", &one(f.rotations));
     let rows: Vec<_> = f.burns.iter().map(|(r, v)| (format!("reason=\"{}\"", esc(r)), v.to_string())).collect();

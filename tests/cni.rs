@@ -145,6 +145,24 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     assert!(!o.status.success() && v["code"] == 3, "CHECK after DEL: {v}");
     let (o, _) = cni(&dir, &del, &c);
     assert!(o.status.success(), "DEL twice");
+
+    // STATUS (1.1): ready while the policy loads.
+    let status = [("CNI_COMMAND", "STATUS")];
+    let (o, _) = cni(&dir, &status, &c.replace("1.0.0", "1.1.0"));
+    assert!(o.status.success(), "STATUS: {} {}", out(&o), err(&o));
+    let broken = c.replace("1.0.0", "1.1.0").replace(&a.policy.display().to_string(), "/nonexistent/nsp-policy");
+    let (o, v) = cni(&dir, &status, &broken);
+    assert!(!o.status.success() && v["code"] == 50, "STATUS with no policy: {v}");
+    // GC (1.1): an attachment the runtime no longer lists is detached.
+    let (o, _) = cni(&dir, &add, &c);
+    assert!(o.status.success(), "ADD again: {}", out(&o));
+    let gc = c
+        .replace("1.0.0", "1.1.0")
+        .replace(r#""type":"nsproxy-cni","#, r#""type":"nsproxy-cni","cni.dev/valid-attachments":[],"#);
+    let (o, _) = cni(&dir, &[("CNI_COMMAND", "GC")], &gc);
+    assert!(o.status.success(), "GC: {} {}", out(&o), err(&o));
+    assert!(!out(&ns.sh("ip -o link show")).contains("eth0"), "GC detached the forgotten container");
+    assert!(a.status_json()["containers"].as_array().is_none_or(|c| c.is_empty()));
     assert!(a.down().status.success());
     assert!(!topo.leaked());
 }

@@ -95,6 +95,7 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
             max_flows: 16,
             max_half_open: 16,
             ipv6: false,
+            udp: None,
         },
         tasks: tasks.clone(),
         stop: stop.clone(),

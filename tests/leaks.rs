@@ -149,6 +149,36 @@ impl Bed {
         Bed { topo, lan_ns, lan_ip, host_log, _listener: listener, allowed }
     }
 
+    /// A bed with the probe script in place, after the positive control:
+    /// the same probes from the unprotected host must be seen by both
+    /// captures and the host's listener (so the captures can fail).
+    fn with_positive_control(tag: &str) -> Bed {
+        let bed = Bed::new();
+        let probe_file = bed.topo.dir.join("probe.py");
+        std::fs::write(&probe_file, probe_script(PROBE_PY)).expect("probe");
+        must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_file.display()));
+        let args = bed.args();
+        let control = bed.observe(tag, || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_file.display()))));
+        print_probes("positive control (host, unprotected)", &control.0);
+        println!(
+            "  seen: {} packet(s) at the origin from the host, {} at the LAN host, {} on the host's address",
+            control.1.len(),
+            control.2.len(),
+            control.3.len()
+        );
+        assert!(
+            control.1.iter().any(|l| l.contains(&bed.topo.host_addr.to_string())),
+            "the origin capture must see the host"
+        );
+        assert!(!control.2.is_empty(), "the LAN capture must see the host's probes");
+        assert!(
+            control.3.iter().any(|h| h.starts_with("tcp")) && control.3.iter().any(|h| h.starts_with("udp")),
+            "{:?}",
+            control.3
+        );
+        bed
+    }
+
     /// Where root in the namespace sends ICMP echo requests.
     fn icmp_targets(&self) -> Vec<String> {
         let t = &self.topo;
@@ -277,31 +307,7 @@ fn no_probe_leaves_the_account_in_any_state() {
     }
     let _g = serial();
     ensure_user(TEST_USER);
-    let mut bed = Bed::new();
-    let probe_file = bed.topo.dir.join("probe.py");
-    std::fs::write(&probe_file, probe_script(PROBE_PY)).expect("probe");
-    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_file.display()));
-
-    // Positive control: the same probes from the unprotected host.
-    let args = bed.args();
-    let control = bed.observe("control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_file.display()))));
-    print_probes("positive control (host, unprotected)", &control.0);
-    println!(
-        "  seen: {} packet(s) at the origin from the host, {} at the LAN host, {} on the host's address",
-        control.1.len(),
-        control.2.len(),
-        control.3.len()
-    );
-    assert!(
-        control.1.iter().any(|l| l.contains(&bed.topo.host_addr.to_string())),
-        "the origin capture must see the host"
-    );
-    assert!(!control.2.is_empty(), "the LAN capture must see the host's probes");
-    assert!(
-        control.3.iter().any(|h| h.starts_with("tcp")) && control.3.iter().any(|h| h.starts_with("udp")),
-        "{:?}",
-        control.3
-    );
+    let mut bed = Bed::with_positive_control("control");
 
     let topo = &bed.topo;
     let (e1, e2) = (topo.proxies[0].egress.to_string(), topo.proxies[1].egress.to_string());
@@ -590,16 +596,7 @@ fn no_probe_leaves_a_container_in_any_state() {
         return;
     }
     let _g = serial();
-    let mut bed = Bed::new();
-    let probe_file = bed.topo.dir.join("probe.py");
-    std::fs::write(&probe_file, probe_script(PROBE_PY)).expect("probe");
-    must(&format!("chmod 755 {} && chmod 644 {}", bed.topo.dir.display(), probe_file.display()));
-    // Positive control: the same probes from the unprotected host.
-    let args = bed.args();
-    let control = bed.observe("c-control", || out(&sh(&format!("/usr/bin/python3 {} {args}", probe_file.display()))));
-    print_probes("positive control (host, unprotected)", &control.0);
-    assert!(control.1.iter().any(|l| l.contains(&bed.topo.host_addr.to_string())), "the origin capture sees the host");
-    assert!(!control.2.is_empty(), "the LAN capture sees the host's probes");
+    let mut bed = Bed::with_positive_control("c-control");
 
     let topo = &bed.topo;
     let e1 = topo.proxies[0].egress.to_string();

@@ -10,6 +10,18 @@ pub fn policy_check(policy: &config::Policy) -> ExitCode {
         Ok(accounts) => {
             let problems: Vec<config::Problem> =
                 accounts.iter().flat_map(|a| crate::secrets::check_account(a, false)).collect();
+            // Not problems: what the policy will do that may surprise.
+            for a in accounts.iter().filter(|a| a.udp == config::UdpMode::Proxy) {
+                let http: Vec<String> =
+                    a.proxies.iter().filter(|p| p.scheme == config::Scheme::Http).map(|p| p.display_name()).collect();
+                if !http.is_empty() {
+                    println!(
+                        "note: account {}: udp: proxy, but {} cannot carry UDP: while one of them is active, UDP is refused",
+                        a.name,
+                        http.join(", ")
+                    );
+                }
+            }
             if problems.is_empty() {
                 println!(
                     "OK: {} account(s) in {} file(s): {}",

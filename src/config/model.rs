@@ -163,6 +163,9 @@ pub enum Ipv6Mode {
 #[serde(rename_all = "lowercase")]
 pub enum UdpMode {
     Block,
+    /// Through the active proxy with SOCKS5 UDP ASSOCIATE (HTTP CONNECT
+    /// proxies cannot: with one active, UDP stays refused).
+    Proxy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,6 +175,12 @@ pub struct Limits {
     #[serde(with = "secs")]
     pub idle_timeout: Duration,
     pub socket_buffer: u32,
+    /// `udp: proxy`: UDP flows (one association each) at once.
+    pub max_udp_flows: u32,
+    /// `udp: proxy`: an association with no datagram either way for this
+    /// long is closed.
+    #[serde(with = "secs")]
+    pub udp_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -519,7 +528,14 @@ mod tests {
     use super::*;
 
     fn limits(max_flows: u32, max_half_open: u32) -> Limits {
-        Limits { max_flows, max_half_open, idle_timeout: Duration::from_secs(60), socket_buffer: 1 << 19 }
+        Limits {
+            max_flows,
+            max_half_open,
+            idle_timeout: Duration::from_secs(60),
+            socket_buffer: 1 << 19,
+            max_udp_flows: 256,
+            udp_idle_timeout: Duration::from_secs(60),
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod relay;
 pub mod spin;
 pub mod stack;
 pub mod stats;
+mod udp;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,19 @@ pub struct Limits {
     pub max_half_open: usize,
     /// `ipv6: proxy`: IPv6 packets are handled, not dropped.
     pub ipv6: bool,
+    /// `udp: proxy`: UDP flows through SOCKS5 UDP ASSOCIATE; None: refused.
+    pub udp: Option<UdpLimits>,
+}
+
+/// Bounds of `udp: proxy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpLimits {
+    pub max_flows: usize,
+    /// An association with no datagram either way for this long closes.
+    pub idle: Duration,
+    /// Datagrams queued per flow while its association is set up (or the
+    /// relay is slow); beyond: dropped and counted.
+    pub queue: usize,
 }
 
 impl Limits {
@@ -60,6 +74,11 @@ impl Limits {
             max_flows: a.limits.max_flows as usize,
             max_half_open: a.limits.max_half_open as usize,
             ipv6: a.ipv6 == crate::config::Ipv6Mode::Proxy,
+            udp: (a.udp == crate::config::UdpMode::Proxy).then(|| UdpLimits {
+                max_flows: a.limits.max_udp_flows as usize,
+                idle: a.limits.udp_idle_timeout,
+                queue: 256,
+            }),
         }
     }
 }
@@ -91,6 +110,8 @@ struct Ctx {
     stop: CancellationToken,
     /// Refusal warnings, at most one per reason per second.
     ratelog: Mutex<ratelog::RateLog>,
+    /// `udp: proxy`: the open UDP flows.
+    udp: Mutex<udp::Flows>,
 }
 
 impl Ctx {
@@ -183,6 +204,7 @@ impl Dataplane {
             tasks: p.tasks,
             stop: p.stop,
             ratelog: Mutex::new(ratelog::RateLog::new(Duration::from_secs(1))),
+            udp: Mutex::new(udp::Flows::default()),
         };
         Ok(Dataplane { ctx: Arc::new(ctx) })
     }

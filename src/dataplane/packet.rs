@@ -18,8 +18,9 @@ pub enum Class<'a> {
     Tcp,
     /// A DNS query over UDP to any address.
     Dns { src: SocketAddr, dst: SocketAddr, payload: &'a [u8] },
-    /// Other UDP: the stack answers ICMP port unreachable.
-    Udp,
+    /// Other UDP: proxied (`udp: proxy`), or the stack answers ICMP port
+    /// unreachable.
+    Udp { src: SocketAddr, dst: SocketAddr, payload: &'a [u8] },
     /// Dropped, with the reason (counted).
     Drop(&'static str),
 }
@@ -86,15 +87,12 @@ fn transport(proto: IpProtocol, payload: &[u8], src: IpAddr, dst: IpAddr) -> Cla
             if !unchecked && !udp.verify_checksum(&s, &d) {
                 return Class::Drop("bad UDP checksum");
             }
+            let len = (udp.len() as usize).saturating_sub(8).min(udp.payload().len());
+            let (src, dst) = (SocketAddr::new(src, udp.src_port()), SocketAddr::new(dst, udp.dst_port()));
             if udp.dst_port() == 53 {
-                let len = (udp.len() as usize).saturating_sub(8).min(udp.payload().len());
-                return Class::Dns {
-                    src: SocketAddr::new(src, udp.src_port()),
-                    dst: SocketAddr::new(dst, udp.dst_port()),
-                    payload: &udp.payload()[..len],
-                };
+                return Class::Dns { src, dst, payload: &udp.payload()[..len] };
             }
-            Class::Udp
+            Class::Udp { src, dst, payload: &udp.payload()[..len] }
         }
         _ => Class::Drop("unsupported IP protocol"),
     }
@@ -232,7 +230,10 @@ pub(crate) mod tests {
             }
         );
         let quic = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:443"), b"x");
-        assert_eq!(classify(&quic, false), Class::Udp);
+        assert_eq!(
+            classify(&quic, false),
+            Class::Udp { src: "198.18.0.1:5353".parse().unwrap(), dst: "9.9.9.9:443".parse().unwrap(), payload: b"x" }
+        );
     }
 
     #[test]

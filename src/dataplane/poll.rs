@@ -97,14 +97,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
 fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
     match packet::classify(pkt, ctx.limits.ipv6) {
         Class::TcpSyn { src, dst } => flow::on_syn(ctx, tx, (src, dst), pkt),
-        c @ (Class::Tcp | Class::Udp) => {
-            if c == Class::Udp {
-                ctx.stats.udp_refused.fetch_add(1, Relaxed);
-            }
+        Class::Tcp => {
             if !ctx.shared.lock().dev.push_copy(pkt) {
                 ctx.stats.packets_dropped.fetch_add(1, Relaxed);
             }
         }
+        Class::Udp { src, dst, payload } => super::udp::on_datagram(ctx, src, dst, payload, pkt),
         Class::Dns { src, dst, payload } => {
             ctx.stats.dns_queries.fetch_add(1, Relaxed);
             if let Some(mut fake) = ctx.dns.fake() {

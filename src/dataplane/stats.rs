@@ -23,6 +23,15 @@ pub struct Stats {
     pub dns_other: AtomicU64,
     pub packets_dropped: AtomicU64,
     pub udp_refused: AtomicU64,
+    /// `udp: proxy`: associations opened, datagrams and payload bytes each
+    /// way, datagrams dropped (queue full, bad header), fragments dropped.
+    pub udp_associations: AtomicU64,
+    pub udp_datagrams_up: AtomicU64,
+    pub udp_datagrams_down: AtomicU64,
+    pub udp_bytes_up: AtomicU64,
+    pub udp_bytes_down: AtomicU64,
+    pub udp_dropped: AtomicU64,
+    pub udp_fragments_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -57,6 +66,13 @@ impl Stats {
             dns_other: g(&self.dns_other),
             packets_dropped: g(&self.packets_dropped),
             udp_refused: g(&self.udp_refused),
+            udp_associations: g(&self.udp_associations),
+            udp_datagrams_up: g(&self.udp_datagrams_up),
+            udp_datagrams_down: g(&self.udp_datagrams_down),
+            udp_bytes_up: g(&self.udp_bytes_up),
+            udp_bytes_down: g(&self.udp_bytes_down),
+            udp_dropped: g(&self.udp_dropped),
+            udp_fragments_dropped: g(&self.udp_fragments_dropped),
             service: None,
         }
     }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod probe;
 pub mod route;
 pub mod socks5;
+pub mod udp;
 pub mod verdict;
 
 use std::fmt;
@@ -95,6 +96,14 @@ pub struct Connected {
     pub handshake_time: std::time::Duration,
 }
 
+/// A SOCKS5 UDP association: it lasts while `control` is open.
+pub struct Associated {
+    pub control: TcpStream,
+    /// Connected to `relay`.
+    pub socket: tokio::net::UdpSocket,
+    pub relay: SocketAddr,
+}
+
 impl Upstream {
     pub fn name(&self) -> String {
         self.entry.display_name()
@@ -146,6 +155,57 @@ impl Upstream {
                 r.map(|c| Connected { connect_time: connected - started, handshake_time: connected.elapsed(), ..c })
             }
         }
+    }
+
+    /// SOCKS5 UDP ASSOCIATE: the control connection (the association
+    /// lives while it is open) and a host UDP socket connected to the
+    /// relay the proxy named. An HTTP proxy cannot carry UDP.
+    pub async fn associate(&self) -> Result<Associated, ProxyError> {
+        let proxy = self.name();
+        let e = &self.entry;
+        if e.scheme != Scheme::Socks5 {
+            return Err(ProxyError::Refused {
+                proxy,
+                target: "UDP".into(),
+                reason: "an HTTP CONNECT proxy cannot carry UDP".into(),
+                destination_error: false,
+            });
+        }
+        let mut s = self.open().await?;
+        let proxy_ip =
+            s.peer_addr().map(|a| a.ip()).map_err(|source| ProxyError::Io { proxy: proxy.clone(), source })?;
+        let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
+        let creds = self.creds.as_ref().map(|c| (c.user.expose(), c.pass.expose()));
+        let any = Target::Ip(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let reply = tokio::time::timeout(e.handshake_timeout, async {
+            let mut hs = socks5::Handshake::associate(creds);
+            let mut buf = Vec::with_capacity(64);
+            s.write_all(&hs.greeting()).await.map_err(io)?;
+            loop {
+                match hs.feed(&buf).map_err(|f| f.into_error(&proxy, &any))? {
+                    socks5::Step::Need => {}
+                    socks5::Step::Send(out, used) => {
+                        buf.drain(..used);
+                        s.write_all(&out).await.map_err(io)?;
+                        continue;
+                    }
+                    socks5::Step::Done(used) => return Ok(buf[..used].to_vec()),
+                }
+                read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
+            }
+        })
+        .await
+        .map_err(|_| ProxyError::HandshakeTimeout { proxy: proxy.clone(), timeout: e.handshake_timeout })??;
+        let bound = socks5::bound(&reply).ok_or_else(|| ProxyError::Protocol {
+            proxy: proxy.clone(),
+            reason: "UDP ASSOCIATE reply names no relay address".into(),
+        })?;
+        let relay = udp::relay(bound, proxy_ip);
+        let local: SocketAddr =
+            if relay.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let socket = tokio::net::UdpSocket::bind(local).await.map_err(io)?;
+        socket.connect(relay).await.map_err(io)?;
+        Ok(Associated { control: s, socket, relay })
     }
 
     async fn handshake(&self, mut s: TcpStream, target: &Target) -> Result<Connected, ProxyError> {

@@ -15,6 +15,8 @@ pub struct Handshake<'a> {
     target: Target,
     creds: Option<(&'a str, &'a str)>,
     phase: Phase,
+    /// 1 CONNECT, 3 UDP ASSOCIATE.
+    cmd: u8,
 }
 
 /// What to do next.
@@ -30,7 +32,14 @@ pub enum Step {
 
 impl<'a> Handshake<'a> {
     pub fn new(target: Target, creds: Option<(&'a str, &'a str)>) -> Self {
-        Handshake { target, creds, phase: Phase::Method }
+        Handshake { target, creds, phase: Phase::Method, cmd: 1 }
+    }
+
+    /// UDP ASSOCIATE: the client's address is not known in advance (the
+    /// datagrams leave from a host socket), so it is sent as 0.0.0.0:0.
+    pub fn associate(creds: Option<(&'a str, &'a str)>) -> Self {
+        let any = Target::Ip(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        Handshake { target: any, creds, phase: Phase::Method, cmd: 3 }
     }
 
     /// The client greeting: offers no-auth, or user/password when we have
@@ -40,7 +49,7 @@ impl<'a> Handshake<'a> {
     }
 
     fn request(&self) -> Vec<u8> {
-        let mut v = vec![5, 1, 0];
+        let mut v = vec![5, self.cmd, 0];
         match &self.target {
             Target::Ip(a) => {
                 match a.ip() {
@@ -138,6 +147,24 @@ impl<'a> Handshake<'a> {
     }
 }
 
+/// The address in a reply (BND.ADDR:BND.PORT): for UDP ASSOCIATE, the
+/// relay. A name (ATYP 3) is not an address and gives None.
+pub fn bound(reply: &[u8]) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let port = |at: usize| reply.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    match reply.get(3)? {
+        1 => {
+            let a: [u8; 4] = reply.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), port(8)?))
+        }
+        4 => {
+            let a: [u8; 16] = reply.get(4..20)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port(20)?))
+        }
+        _ => None,
+    }
+}
+
 /// RFC 1928 reply codes. Codes 3-5 are about the destination, not the proxy.
 fn reply_failure(code: u8) -> Failure {
     let (reason, destination) = match code {
@@ -161,6 +188,19 @@ mod tests {
 
     fn ip_target() -> Target {
         Target::Ip("10.1.2.3:443".parse::<SocketAddr>().unwrap())
+    }
+
+    #[test]
+    fn udp_associate_asks_with_cmd_3_and_reads_the_relay() {
+        let mut h = Handshake::associate(None);
+        assert_eq!(h.feed(&[5, 0]), Ok(Step::Send(vec![5, 3, 0, 1, 0, 0, 0, 0, 0, 0], 2)));
+        let reply = [5, 0, 0, 1, 10, 0, 0, 5, 0x9c, 0x40];
+        assert_eq!(h.feed(&reply), Ok(Step::Done(10)));
+        assert_eq!(bound(&reply), Some("10.0.0.5:40000".parse().unwrap()));
+        assert_eq!(bound(&[5, 0, 0, 3, 1, b'x', 0, 1]), None);
+        let mut h = Handshake::associate(None);
+        let _ = h.feed(&[5, 0]);
+        assert!(matches!(h.feed(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]), Err(Failure::Refused { destination: false, .. })));
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub struct Snapshot {
     pub dns_other: u64,
     pub packets_dropped: u64,
     pub udp_refused: u64,
+    #[serde(default)]
+    pub udp_associations: u64,
+    #[serde(default)]
+    pub udp_datagrams_up: u64,
+    #[serde(default)]
+    pub udp_datagrams_down: u64,
+    #[serde(default)]
+    pub udp_bytes_up: u64,
+    #[serde(default)]
+    pub udp_bytes_down: u64,
+    #[serde(default)]
+    pub udp_dropped: u64,
+    #[serde(default)]
+    pub udp_fragments_dropped: u64,
     /// Fleet mode: the proxy service's state.
     #[serde(default)]
     pub service: Option<crate::published::service::ServiceStatus>,

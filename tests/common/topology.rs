@@ -191,7 +191,7 @@ impl Topology {
                 // These are throwaway test users with canary passwords.
                 must(&format!("echo '{user}:{pass}' | chpasswd -c MD5"));
                 let conf = format!(
-                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\ntimeout.io: 0\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\n"
+                    "logoutput: stderr\ninternal: {listen} port = 1080\nexternal: eth1\nsocksmethod: username\ntimeout.io: 0\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate }}\nsocks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect }}\nsocks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: udpreply }}\n"
                 );
                 std::fs::write(self.dir.join(format!("danted{i}.conf")), conf).expect("dante conf");
                 let c = format!("danted -f {d}/danted{i}.conf");
@@ -261,6 +261,16 @@ impl Topology {
     }
 
     /// Client addresses the origin's servers have seen, one per connection.
+    /// Source addresses the origin's UDP echo (port 8083) saw, one per new
+    /// sender.
+    pub fn udp_clients(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("udp-clients.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn origin_clients(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("origin-clients.log"))
             .unwrap_or_default()

@@ -101,17 +101,7 @@ pub(super) fn account(
 
     let dns = dns(ctx, m, path);
     let ipv6 = ctx.choice(m, "ipv6", path, &[("block", Ipv6Mode::Block), ("proxy", Ipv6Mode::Proxy)], Ipv6Mode::Block);
-    let udp = match ctx.get::<String>(m, "udp", path, "block").as_deref() {
-        None | Some("block") => Some(UdpMode::Block),
-        Some("proxy") => {
-            ctx.problem(&path.key("udp"), "udp: proxy (SOCKS5 UDP ASSOCIATE) is not supported yet; use block");
-            None
-        }
-        Some(o) => {
-            ctx.problem(&path.key("udp"), format!("expected block, got {o:?}"));
-            None
-        }
-    };
+    let udp = ctx.choice(m, "udp", path, &[("block", UdpMode::Block), ("proxy", UdpMode::Proxy)], UdpMode::Block);
     let mtu = match m.get("tun") {
         None => Some(DEFAULT_MTU),
         Some(v) => {
@@ -249,18 +239,28 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
         socket_buffer: 512 * 1024,
+        max_udp_flows: 1024,
+        udp_idle_timeout: Duration::from_secs(60),
     };
     let Some(v) = m.get("limits") else { return Some(defaults) };
     let p = path.key("limits");
-    let lm = ctx.mapping(v, &p, &["max_flows", "max_half_open", "idle_timeout", "socket_buffer"])?;
+    let lm = ctx.mapping(
+        v,
+        &p,
+        &["max_flows", "max_half_open", "idle_timeout", "socket_buffer", "max_udp_flows", "udp_idle_timeout"],
+    )?;
     let max_flows = ctx.ranged(lm, "max_flows", &p, 1, 65536, defaults.max_flows as u64);
     let max_half_open = ctx.ranged(lm, "max_half_open", &p, 1, 65536, defaults.max_half_open as u64);
     let idle_timeout = ctx.duration(lm, "idle_timeout", &p, defaults.idle_timeout);
     let socket_buffer = ctx.ranged(lm, "socket_buffer", &p, 16 * 1024, 64 << 20, defaults.socket_buffer as u64);
+    let max_udp_flows = ctx.ranged(lm, "max_udp_flows", &p, 1, 65536, defaults.max_udp_flows as u64);
+    let udp_idle_timeout = ctx.duration(lm, "udp_idle_timeout", &p, defaults.udp_idle_timeout);
     Some(Limits {
         max_flows: max_flows? as u32,
         max_half_open: max_half_open? as u32,
         idle_timeout: idle_timeout?,
         socket_buffer: socket_buffer? as u32,
+        max_udp_flows: max_udp_flows? as u32,
+        udp_idle_timeout: udp_idle_timeout?,
     })
 }
