@@ -39,6 +39,11 @@ if ! "$VENV/bin/python" -c 'import cryptography.fernet' 2>/dev/null; then
   /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'cryptography>=41'
 fi
+# aioquic from PyPI: HTTP/3 server and client for the QUIC test (udp: proxy).
+if ! "$VENV/bin/python" -c 'import aioquic.h3.connection' 2>/dev/null; then
+  echo "installing Python's aioquic into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'aioquic>=1.0'
+fi
 # promtool, Prometheus' linter for the metrics exposition: unpacked from
 # Debian's prometheus package (nothing installed, no service started).
 PROMTOOL=/opt/nsproxy-test/bin/promtool

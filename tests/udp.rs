@@ -137,3 +137,137 @@ fn udp_through_a_proxy_that_cannot_carry_it_is_refused_at_once() {
     assert!(topo.udp_clients().is_empty(), "no datagram reached the origin: {:?}", topo.udp_clients());
     assert!(!topo.leaked());
 }
+
+/// An HTTP/3 server (aioquic) on UDP 4433: answers every request with the
+/// client's address as QUIC saw it.
+const H3_SERVER_PY: &str = r#"
+import asyncio, sys
+from aioquic.asyncio import serve
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ProtocolNegotiated
+class H3(QuicConnectionProtocol):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k); self.h3 = None
+    def quic_event_received(self, ev):
+        if isinstance(ev, ProtocolNegotiated):
+            self.h3 = H3Connection(self._quic)
+        if self.h3 is None:
+            return
+        for e in self.h3.handle_event(ev):
+            if isinstance(e, HeadersReceived):
+                body = self._quic._network_paths[0].addr[0].encode()
+                self.h3.send_headers(e.stream_id, [(b":status", b"200"), (b"content-length", str(len(body)).encode())])
+                self.h3.send_data(e.stream_id, body, end_stream=True)
+                self.transmit()
+async def main():
+    cfg = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    cfg.load_cert_chain(sys.argv[1], sys.argv[2])
+    await serve("0.0.0.0", 4433, configuration=cfg, create_protocol=H3)
+    print("listening", flush=True)
+    await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// An HTTP/3 client (aioquic): GET https://HOST:4433/; prints the body, or
+/// "refused" when the network answers with ICMP unreachable, or "timeout",
+/// with the seconds it took.
+const H3_CLIENT_PY: &str = r#"
+import asyncio, os, socket, ssl, sys, time
+from aioquic.asyncio import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived
+from aioquic.quic.configuration import QuicConfiguration
+class C(QuicConnectionProtocol):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k); self.h3 = H3Connection(self._quic); self.done = asyncio.get_event_loop().create_future()
+    def quic_event_received(self, ev):
+        for e in self.h3.handle_event(ev):
+            if isinstance(e, DataReceived) and not self.done.done():
+                self.done.set_result(e.data.decode())
+    def error_received(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc)
+async def main():
+    host = sys.argv[1]
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE, idle_timeout=10)
+    t = time.time()
+    try:
+        async with connect(host, 4433, configuration=cfg, create_protocol=C, wait_connected=False) as c:
+            # A connected socket, as browsers use: ICMP unreachable then
+            # reaches the client (error_received) instead of being lost.
+            ip = socket.getaddrinfo(host, 4433, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+            dup = socket.socket(fileno=os.dup(c._transport.get_extra_info("socket").fileno()))
+            dup.connect(("::ffff:" + ip, 4433)); dup.close()
+            sid = c._quic.get_next_available_stream_id()
+            c.h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", host.encode()), (b":path", b"/")], end_stream=True)
+            c.transmit()
+            r = await asyncio.wait_for(c.done, 10)
+    except ConnectionRefusedError: r = "refused"
+    except (asyncio.TimeoutError, ConnectionError): r = "timeout"
+    print("%s %.3f" % (r, time.time() - t))
+asyncio.run(main())
+"#;
+
+#[test]
+fn http3_over_quic_goes_through_the_proxy_and_udp_block_refuses_it_at_once() {
+    if !root_or_skip("http3") {
+        return;
+    }
+    let venv = "/opt/nsproxy-test/venv/bin/python";
+    if !sh(&format!("{venv} -c 'import aioquic.h3.connection'")).status.success() {
+        if std::env::var_os("CI").is_some() {
+            panic!("aioquic is missing from {venv}: scripts/install-deps.sh installs it");
+        }
+        eprintln!("\n!!!!! SKIPPED http3: aioquic missing from {venv} (scripts/install-deps.sh) !!!!!\n");
+        return;
+    }
+    let _g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Dante]);
+    let d = topo.dir.display().to_string();
+    must(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={HOSTNAME} -keyout {d}/h3.key -out {d}/h3.pem 2>/dev/null"
+    ));
+    std::fs::write(topo.dir.join("h3server.py"), H3_SERVER_PY).expect("server");
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.origin_ns, venv])
+        .arg(topo.dir.join("h3server.py"))
+        .args([format!("{d}/h3.pem"), format!("{d}/h3.key")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("HTTP/3 server");
+    let mut first = String::new();
+    let _ =
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().expect("stdout")), &mut first);
+    assert_eq!(first.trim(), "listening");
+    let client = topo.dir.join("h3client.py");
+    std::fs::write(&client, H3_CLIENT_PY).expect("client");
+    must(&format!("chmod 755 {d} && chmod 644 {}", client.display()));
+    let ask = |a: &Account| {
+        let o = a.run(&format!("{venv} {} {HOSTNAME}", client.display()));
+        format!("{}{}", out(&o).trim(), if o.status.success() { String::new() } else { format!(" {}", err(&o)) })
+    };
+    // udp: proxy: the request succeeds, the origin sees the proxy.
+    let a = udp_account("h3", &topo.proxies[0]);
+    a.up();
+    let got = ask(&a);
+    println!("HTTP/3 through dante: {got}");
+    assert!(got.starts_with(&format!("{} ", topo.proxies[0].egress)), "the QUIC server saw the proxy: {got}");
+    assert!(a.down().status.success());
+    // udp: block: refused at once, no 10 s wait.
+    let b = Account::for_proxy("hb", &topo.proxies[0], "");
+    b.up();
+    let got = ask(&b);
+    println!("HTTP/3 with udp: block: {got}");
+    let f: Vec<&str> = got.split_whitespace().collect();
+    assert_eq!(f.first(), Some(&"refused"), "{got}");
+    assert!(f.get(1).and_then(|s| s.parse::<f64>().ok()).unwrap_or(99.0) < 3.0, "at once: {got}");
+    assert!(b.down().status.success());
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!topo.leaked());
+}

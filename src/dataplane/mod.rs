@@ -74,7 +74,7 @@ impl Limits {
             max_flows: a.limits.max_flows as usize,
             max_half_open: a.limits.max_half_open as usize,
             ipv6: a.ipv6 == crate::config::Ipv6Mode::Proxy,
-            udp: (a.udp == crate::config::UdpMode::Proxy).then(|| UdpLimits {
+            udp: (a.udp == crate::config::UdpMode::Proxy).then_some(UdpLimits {
                 max_flows: a.limits.max_udp_flows as usize,
                 idle: a.limits.udp_idle_timeout,
                 queue: 256,

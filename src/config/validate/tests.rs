@@ -95,7 +95,7 @@ accounts:
 }
 
 #[test]
-fn unimplemented_features_say_not_supported_yet() {
+fn udp_proxy_and_the_other_modes_parse_and_a_bad_mode_is_named() {
     let text = "\
 accounts:
   - name: a
@@ -104,10 +104,14 @@ accounts:
     udp: proxy
     dns: {mode: tcp, resolver: 9.9.9.9}
     health_check: {target: 'tcp://h:1'}
+    limits: {max_udp_flows: 10, udp_idle_timeout: 5m}
 ";
-    let errs = parse(text).unwrap_err();
-    assert_eq!(errs.iter().filter(|e| e.contains("not supported yet")).count(), 1, "{errs:#?}");
-    assert!(!errs.iter().any(|e| e.contains("dns") || e.contains("health")), "supported: {errs:#?}");
+    let accounts = parse(text).expect("valid");
+    assert_eq!(accounts[0].udp, UdpMode::Proxy);
+    assert_eq!(accounts[0].limits.max_udp_flows, 10);
+    assert_eq!(accounts[0].limits.udp_idle_timeout, std::time::Duration::from_secs(300));
+    let errs = parse(&text.replace("udp: proxy", "udp: tunnel")).unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("udp") && e.contains("tunnel")), "{errs:#?}");
 }
 
 const POOL: &str = "\
