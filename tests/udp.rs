@@ -94,14 +94,37 @@ fn ten_thousand_datagrams_through_dante_arrive_intact_from_the_proxys_address() 
     assert!(st["udp_datagrams_down"].as_u64().unwrap_or(0) >= 10000, "{st}");
 
     // The proxy dies mid-association: datagrams stop; nothing reaches the
-    // origin another way (its UDP log sees no new sender).
-    let before = topo.udp_clients().len();
+    // origin another way. A capture in the origin's namespace (every link)
+    // must see no packet from anyone but the proxies; its positive control:
+    // a datagram from the unprotected host is seen.
+    let allowed: Vec<String> = [topo.proxies[0].egress.to_string(), topo.origin_addr.to_string()].to_vec();
+    let n0 = topo.udp_clients().len();
+    let cap = Capture::start(&topo.origin_ns, topo.dir.join("udp-control.pcap"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let sent = sh(&format!(
+        "/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"control\", (\"{}\", 8083))'",
+        topo.origin_addr
+    ));
+    assert!(sent.status.success(), "the control datagram: {}", err(&sent));
+    std::thread::sleep(Duration::from_millis(500));
+    let control: Vec<(String, String)> = cap.stop();
+    assert!(
+        control.iter().any(|(src, _)| *src == topo.host_addr.to_string()),
+        "the capture sees the host: {control:?}"
+    );
+    wait_until("the echo logs the host", Duration::from_secs(5), || topo.udp_clients().len() == n0 + 1);
     let mut topo = topo;
     topo.stop_proxy(0);
+    let cap = Capture::start(&topo.origin_ns, topo.dir.join("udp-proxy-dead.pcap"));
     let o = a.python(ONE_PY, HOSTNAME);
-    println!("proxy dead: {}", out(&o));
+    let o2 = a.python(ECHO_PY, &format!("{HOSTNAME} 64"));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<(String, String)> =
+        cap.stop().into_iter().filter(|(src, _)| !allowed.contains(src) && !src.starts_with("fe80")).collect();
+    println!("proxy dead: {} / {}; {} foreign packet(s) at the origin", out(&o).trim(), out(&o2).trim(), seen.len());
     assert!(!out(&o).starts_with("echo"), "no echo without the proxy: {}", out(&o));
-    assert_eq!(topo.udp_clients().len(), before, "a datagram reached the origin without the proxy");
+    assert!(seen.is_empty(), "LEAK at the origin with the proxy dead: {seen:?}");
+    assert_eq!(topo.udp_clients().len(), n0 + 1, "only the control datagram reached the origin's echo");
     assert!(!topo.leaked());
 }
 

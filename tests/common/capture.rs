@@ -12,7 +12,8 @@ pub struct Capture {
 impl Capture {
     pub fn start(ns: &str, file: PathBuf) -> Capture {
         let log = file.with_extension("log");
-        let proc = spawn_in(ns, "tcpdump", &format!("tcpdump -i any -nn -U -w {}", file.display()), &log);
+        let proc =
+            spawn_in(ns, "tcpdump", &format!("tcpdump -i any -nn -U --immediate-mode -w {}", file.display()), &log);
         wait_until("tcpdump listening", Duration::from_secs(10), || {
             std::fs::read_to_string(&log).unwrap_or_default().contains("listening on")
         });
