@@ -2,7 +2,7 @@
 //! the router's choice, the connect through the proxy (retried once through
 //! the new active proxy after a failover), and the relay task.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -18,6 +18,27 @@ use crate::config::is_fake_ip;
 use crate::proxy::route::{Refusal, Route};
 use crate::proxy::{Connected, Target};
 use crate::rules::Dest;
+
+/// What a packet to `dst` is aimed at: the name behind a fake IP, or the
+/// address; the name the rules see (with DNS mode tcp and rules, the name
+/// an address was answered for); whether `dst` is a fake IP. None: a fake
+/// IP with no name (a stale answer). Used by TCP and UDP flows alike.
+pub(super) fn aimed_at(ctx: &Ctx, dst: SocketAddr) -> Option<(Target, Option<String>, bool)> {
+    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
+    let is_fake = fake.is_some();
+    let target = match (dst.ip(), fake) {
+        (IpAddr::V4(v4), Some(dns)) => Target::Name(dns.table.lookup(v4)?.to_string(), dst.port()),
+        _ => Target::Ip(dst),
+    };
+    let name = match (&target, &ctx.names) {
+        (Target::Name(n, _), _) => Some(n.clone()),
+        (Target::Ip(a), Some(names)) => {
+            names.lock().unwrap_or_else(|e| e.into_inner()).lookup(a.ip()).map(str::to_string)
+        }
+        (Target::Ip(_), None) => None,
+    };
+    Some((target, name, is_fake))
+}
 
 /// A held SYN's outcome, handed back to the loop.
 pub(super) enum Event {
@@ -53,34 +74,15 @@ pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: Flo
         }
         return;
     }
-    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
-    let is_fake = fake.is_some();
-    let target = match (dst.ip(), fake) {
-        (IpAddr::V4(v4), Some(dns)) => match dns.table.lookup(v4) {
-            Some(n) => Target::Name(n.to_string(), dst.port()),
-            None => {
-                drop(dns);
-                ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
-                if let Some(suppressed) = ctx.may_log("fake-ip") {
-                    tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: fake IP with no name (stale DNS answer?)");
-                }
-                st.refuse(key, pkt.to_vec());
-                return;
-            }
-        },
-        _ => Target::Ip(dst),
-    };
-    let remembered = match (&target, &ctx.names) {
-        (Target::Ip(a), Some(names)) => {
-            names.lock().unwrap_or_else(|e| e.into_inner()).lookup(a.ip()).map(str::to_string)
+    let Some((target, name, is_fake)) = aimed_at(ctx, dst) else {
+        ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
+        if let Some(suppressed) = ctx.may_log("fake-ip") {
+            tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: fake IP with no name (stale DNS answer?)");
         }
-        _ => None,
+        st.refuse(key, pkt.to_vec());
+        return;
     };
-    let name = match &target {
-        Target::Name(n, _) => Some(n.as_str()),
-        Target::Ip(_) => remembered.as_deref(),
-    };
-    let dest = Dest { name, ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
+    let dest = Dest { name: name.as_deref(), ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
     let route = match ctx.router.route(&dest) {
         Ok(r) => r,
         Err(refusal) => {

@@ -8,7 +8,7 @@
 //! HTTP CONNECT, refuses UDP ASSOCIATE, or a limit is reached; nothing is
 //! ever sent any other way.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{Ctx, packet};
-use crate::config::{Scheme, is_fake_ip};
+use crate::config::Scheme;
 use crate::proxy::Target;
 use crate::proxy::route::Route;
 use crate::proxy::udp;
@@ -105,23 +105,8 @@ fn refuse(ctx: &Arc<Ctx>, pkt: &[u8]) {
 /// Where a datagram to `dst` goes: the name behind a fake IP, then the
 /// rules and the active proxy, as for a TCP flow.
 fn route(ctx: &Arc<Ctx>, dst: SocketAddr) -> Option<(Target, Route)> {
-    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
-    let is_fake = fake.is_some();
-    let target = match (dst.ip(), fake) {
-        (IpAddr::V4(v4), Some(dns)) => Target::Name(dns.table.lookup(v4)?.to_string(), dst.port()),
-        _ => Target::Ip(dst),
-    };
-    let remembered = match (&target, &ctx.names) {
-        (Target::Ip(a), Some(names)) => {
-            names.lock().unwrap_or_else(|e| e.into_inner()).lookup(a.ip()).map(str::to_string)
-        }
-        _ => None,
-    };
-    let name = match &target {
-        Target::Name(n, _) => Some(n.as_str()),
-        Target::Ip(_) => remembered.as_deref(),
-    };
-    let dest = Dest { name, ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
+    let (target, name, is_fake) = super::flow::aimed_at(ctx, dst)?;
+    let dest = Dest { name: name.as_deref(), ip: (!is_fake).then_some(dst.ip()), port: dst.port() };
     match ctx.router.route(&dest) {
         Ok(r) => Some((target, r)),
         Err(refusal) => {
