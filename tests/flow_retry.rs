@@ -96,6 +96,7 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
             max_half_open: 16,
             ipv6: false,
             udp: None,
+            host_services: Vec::new(),
         },
         tasks: tasks.clone(),
         stop: stop.clone(),

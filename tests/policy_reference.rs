@@ -30,6 +30,7 @@ accounts:
     metrics: {zz: 1}
     secrets: {zz: 1}
     external_service: {zz: 1}
+    host_services: [{zz: 1}]
 "#;
 
 /// Section path (as the reference writes it: "" for the account,
@@ -75,7 +76,8 @@ fn documented() -> Vec<(String, String)> {
 #[test]
 fn the_reference_documents_every_field_the_code_knows_and_no_other() {
     let known = known_fields();
-    for s in ["top", "", "proxies[]", "dns", "health_check", "external_service", "rules[]", "limits"] {
+    for s in ["top", "", "proxies[]", "dns", "health_check", "external_service", "rules[]", "limits", "host_services[]"]
+    {
         assert!(known.contains_key(s), "the probe found no field list for section {s:?}: {known:?}");
     }
     let doc = documented();

@@ -439,6 +439,9 @@ pub struct Account {
     pub egress_check: Option<EgressCheck>,
     /// Per-destination overrides, first match wins.
     pub rules: Vec<crate::rules::Rule>,
+    /// TCP services on the host's loopback that programs inside may reach
+    /// without the proxy, by name (`NAME.host.nsproxy`) or address.
+    pub host_services: Vec<HostService>,
     pub metrics: Option<MetricsListen>,
     /// The key for encrypted credentials (`secrets.key_file`).
     pub secrets_key: Option<KeySource>,
@@ -461,6 +464,18 @@ impl Account {
     }
 }
 
+/// A TCP service on the host's loopback (`host_services`): inside the
+/// namespace `NAME.host.nsproxy` (address `plan::host_service_addr`) on
+/// the same port; the daemon connects to `listen` in the host namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostService {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+/// The DNS suffix of host services inside the namespace.
+pub const HOST_SUFFIX: &str = ".host.nsproxy";
+
 /// The address plan of every account namespace: fixed, because each account
 /// has a namespace of its own.
 pub mod plan {
@@ -476,6 +491,25 @@ pub mod plan {
     /// Fake-IP pool: 198.18.1.0 - 198.19.255.254.
     pub const FAKE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
     pub const FAKE_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+    /// Host services get 198.18.0.16 - 198.18.0.79 (below the fake-IP pool).
+    pub const HOST_SERVICES_MAX: usize = 64;
+
+    /// The address of the `i`th host service inside the namespace.
+    pub fn host_service_addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, 16 + (i.min(HOST_SERVICES_MAX - 1)) as u8)
+    }
+
+    /// Which host service an address inside is (its index), if any.
+    pub fn host_service_index(ip: std::net::IpAddr) -> Option<usize> {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                (o[0] == 198 && o[1] == 18 && o[2] == 0 && (16..16 + HOST_SERVICES_MAX as u8).contains(&o[3]))
+                    .then(|| (o[3] - 16) as usize)
+            }
+            _ => None,
+        }
+    }
 
     /// The namespace of an account whose policy names none.
     pub fn default_namespace(account: &str) -> String {

@@ -152,18 +152,31 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
 
     // DNS and the data plane.
     let names = (account.dns.mode == DnsMode::Tcp && pool.has_rules()).then(|| Arc::new(Mutex::new(Names::new(65536))));
+    let hosts: crate::dns::HostNames = Arc::new(
+        account
+            .host_services
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                (format!("{}{}", h.name, crate::config::HOST_SUFFIX), crate::config::plan::host_service_addr(i))
+            })
+            .collect(),
+    );
     let dns = match (account.dns.mode, account.dns.resolver) {
         (DnsMode::Tcp, Some(resolver)) => {
             tracing::info!(account = %name, resolver = %resolver, "DNS: forwarded over TCP through the proxy");
-            DnsServer::Forward(crate::dns::forward::Forwarder::start(
-                pool.clone(),
-                resolver,
-                names.clone(),
-                &tasks,
-                flows_stop.clone(),
-            ))
+            DnsServer::Forward(
+                crate::dns::forward::Forwarder::start(
+                    pool.clone(),
+                    resolver,
+                    names.clone(),
+                    &tasks,
+                    flows_stop.clone(),
+                ),
+                hosts.clone(),
+            )
         }
-        _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&plan.run.fakeip_path(), &name))),
+        _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&plan.run.fakeip_path(), &name).with_hosts(hosts.clone()))),
     };
     let dns = Arc::new(dns);
     let stats = Arc::new(crate::dataplane::stats::Stats::default());

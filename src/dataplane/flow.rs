@@ -40,6 +40,32 @@ pub(super) fn aimed_at(ctx: &Ctx, dst: SocketAddr) -> Option<(Target, Option<Str
     Some((target, name, is_fake))
 }
 
+/// A TCP connection to a host service on the host's loopback (the daemon
+/// runs in the host namespace).
+async fn connect_local(listen: SocketAddr) -> std::io::Result<Connected> {
+    let started = std::time::Instant::now();
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(listen))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 5 s"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(Connected { stream, leftover: Vec::new(), connect_time: started.elapsed(), handshake_time: Duration::ZERO })
+}
+
+/// A flow's route to a host service: no proxy, counters of its own.
+fn local_route(name: &str, listen: SocketAddr) -> Route {
+    let entry = crate::config::ProxyEntry {
+        label: format!("host service {name}"),
+        host: listen.ip().to_string(),
+        port: listen.port(),
+        ..crate::pool::service::placeholder_entry()
+    };
+    Route {
+        upstream: Arc::new(crate::proxy::Upstream { entry, creds: None }),
+        counters: Arc::new(Default::default()),
+        by_rule: true,
+    }
+}
+
 /// A held SYN's outcome, handed back to the loop.
 pub(super) enum Event {
     Ready(FlowKey, Vec<u8>, Connected, Route),
@@ -72,6 +98,33 @@ pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: Flo
             drop(st);
             ctx.spawn(dns_tcp(ctx.clone(), SmolStream::new(ctx.shared.clone(), h)));
         }
+        return;
+    }
+    // A host service: to the host's loopback, without the proxy; any other
+    // address or port of that range is refused.
+    if let Some(i) = crate::config::plan::host_service_index(dst.ip()) {
+        let svc = ctx.limits.host_services.get(i).filter(|(_, a)| a.port() == dst.port()).cloned();
+        let Some((name, listen)) = svc else {
+            ctx.stats.flows_refused_rule.fetch_add(1, Relaxed);
+            if let Some(suppressed) = ctx.may_log("host-service") {
+                tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: not a listed host service (host_services names the only host ports reachable from inside)");
+            }
+            st.refuse(key, pkt.to_vec());
+            return;
+        };
+        st.begin(key);
+        drop(st);
+        let (c, tx, syn) = (ctx.clone(), tx.clone(), pkt.to_vec());
+        ctx.spawn(async move {
+            let ev = match connect_local(listen).await {
+                Ok(conn) => Event::Ready(key, syn, conn, local_route(&name, listen)),
+                Err(e) => {
+                    tracing::warn!(account = %c.account, service = %name, listen = %listen, error = %e, "host service unreachable: the flow is reset");
+                    Event::Failed(key, syn)
+                }
+            };
+            let _ = tx.send(ev);
+        });
         return;
     }
     let Some((target, name, is_fake)) = aimed_at(ctx, dst) else {

@@ -52,6 +52,9 @@ pub struct Limits {
     pub ipv6: bool,
     /// `udp: proxy`: UDP flows through SOCKS5 UDP ASSOCIATE; None: refused.
     pub udp: Option<UdpLimits>,
+    /// `host_services`, by index (the address inside): name and the
+    /// loopback address on the host.
+    pub host_services: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Bounds of `udp: proxy`.
@@ -79,6 +82,7 @@ impl Limits {
                 idle: a.limits.udp_idle_timeout,
                 queue: 256,
             }),
+            host_services: a.host_services.iter().map(|h| (h.name.clone(), h.listen)).collect(),
         }
     }
 }

@@ -56,6 +56,26 @@ pub fn answer_fake_ip(table: &mut FakeIpTable, msg: &[u8]) -> Option<Answer> {
     Some(Answer { reply: response(&q, RCODE_NOERROR, &[ip], FAKE_TTL), new_entry: new.then(|| (ip, q.name.clone())) })
 }
 
+/// The names of the account's host services inside the namespace
+/// (`NAME.host.nsproxy`) and their addresses.
+pub type HostNames = std::sync::Arc<Vec<(String, Ipv4Addr)>>;
+
+/// Answers a query for a name under `.host.nsproxy` itself (never through
+/// the proxy): a listed service's address, NXDOMAIN for any other name
+/// there. None: not such a name (or no query).
+pub fn host_answer(hosts: &[(String, Ipv4Addr)], msg: &[u8]) -> Option<Vec<u8>> {
+    let q = query_or_error(msg).ok()?;
+    let name = q.name.trim_end_matches('.').to_ascii_lowercase();
+    if !name.ends_with(crate::config::HOST_SUFFIX) && name != &crate::config::HOST_SUFFIX[1..] {
+        return None;
+    }
+    Some(match hosts.iter().find(|(n, _)| *n == name) {
+        Some((_, ip)) if q.qtype == TYPE_A && q.qclass == CLASS_IN => response(&q, RCODE_NOERROR, &[*ip], 3600),
+        Some(_) => response(&q, RCODE_NOERROR, &[], 3600),
+        None => response(&q, RCODE_NXDOMAIN, &[], 60),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +127,22 @@ mod forward_tests {
         assert_eq!(fit_udp(&r, &q, 4096), r);
         assert_eq!(&with_id(&r, 0x1234)[..2], &[0x12, 0x34]);
         assert_eq!(min_ttl(&r[..r.len() - 3]), None, "truncated record");
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn host_service_names_are_answered_here_and_others_are_not() {
+        let hosts = vec![("db.host.nsproxy".to_string(), Ipv4Addr::new(198, 18, 0, 16))];
+        let q = |name: &str, qtype: u16| build_query(0x1234, name, qtype);
+        let r = host_answer(&hosts, &q("DB.host.nsproxy", TYPE_A)).expect("answered");
+        assert_eq!(&r[r.len() - 4..], &[198, 18, 0, 16]);
+        let r = host_answer(&hosts, &q("cache.host.nsproxy", TYPE_A)).expect("answered");
+        assert_eq!(r[3] & 0x0f, RCODE_NXDOMAIN);
+        assert!(host_answer(&hosts, &q("api.exchange.test", TYPE_A)).is_none(), "other names are not ours");
+        assert!(host_answer(&hosts, &q("evilhost.nsproxy", TYPE_A)).is_none());
     }
 }

@@ -14,6 +14,8 @@ use super::forward::Forwarder;
 pub struct FakeDns {
     pub table: FakeIpTable,
     log: Option<std::fs::File>,
+    /// `NAME.host.nsproxy`: answered with the host service's address.
+    hosts: super::HostNames,
 }
 
 impl FakeDns {
@@ -33,15 +35,24 @@ impl FakeDns {
         if !table.is_empty() {
             tracing::info!(account, entries = table.len(), "fake-IP table restored");
         }
-        FakeDns { table, log }
+        FakeDns { table, log, hosts: Default::default() }
+    }
+
+    /// The account's host services, answered by name.
+    pub fn with_hosts(mut self, hosts: super::HostNames) -> FakeDns {
+        self.hosts = hosts;
+        self
     }
 
     /// An in-memory table with no log.
     pub fn in_memory() -> FakeDns {
-        FakeDns { table: FakeIpTable::default(), log: None }
+        FakeDns { table: FakeIpTable::default(), log: None, hosts: Default::default() }
     }
 
     pub fn answer(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+        if let Some(r) = super::host_answer(&self.hosts, msg) {
+            return Some(r);
+        }
         let a = super::answer_fake_ip(&mut self.table, msg)?;
         if let (Some((ip, name)), Some(log)) = (&a.new_entry, self.log.as_mut()) {
             let _ = log.write_all(format!("{ip} {name}\n").as_bytes());
@@ -53,7 +64,8 @@ impl FakeDns {
 /// Who answers the program's DNS queries.
 pub enum DnsServer {
     FakeIp(Mutex<FakeDns>),
-    Forward(Forwarder),
+    /// The forwarder, and the host services' names it answers itself.
+    Forward(Forwarder, super::HostNames),
 }
 
 impl DnsServer {
@@ -61,7 +73,7 @@ impl DnsServer {
     pub fn fake(&self) -> Option<MutexGuard<'_, FakeDns>> {
         match self {
             DnsServer::FakeIp(m) => Some(m.lock().unwrap_or_else(|e| e.into_inner())),
-            DnsServer::Forward(_) => None,
+            DnsServer::Forward(..) => None,
         }
     }
 
@@ -72,7 +84,8 @@ impl DnsServer {
         use super::message::{fit_udp, udp_limit};
         match self {
             DnsServer::FakeIp(m) => m.lock().unwrap_or_else(|e| e.into_inner()).answer(msg),
-            DnsServer::Forward(f) => match super::query_or_error(msg) {
+            DnsServer::Forward(_, hosts) if super::host_answer(hosts, msg).is_some() => super::host_answer(hosts, msg),
+            DnsServer::Forward(f, _) => match super::query_or_error(msg) {
                 Ok(q) if udp => {
                     let r = f.resolve(q.clone(), msg).await;
                     Some(fit_udp(&r, &q, udp_limit(msg)))

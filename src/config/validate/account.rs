@@ -16,6 +16,7 @@ pub(super) const ACCOUNT_KEYS: &[&str] = &[
     "pool",
     "egress_check",
     "rules",
+    "host_services",
     "metrics",
     "secrets",
     "external_service",
@@ -141,6 +142,7 @@ pub(super) fn account(
         _ => Vec::new(),
     };
     let rules = rules(ctx, m, path, &labels);
+    let host_services = host_services(ctx, m, path);
     let metrics = match m.get("metrics") {
         None => Some(None),
         Some(v) => {
@@ -198,6 +200,7 @@ pub(super) fn account(
         pool: pool?,
         egress_check: egress_check?,
         rules: rules?,
+        host_services: host_services?,
         metrics: metrics?,
         secrets_key: secrets_key?,
         external_service: external_service?,
@@ -263,4 +266,63 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_udp_flows: max_udp_flows? as u32,
         udp_idle_timeout: udp_idle_timeout?,
     })
+}
+
+/// `host_services`: loopback TCP services of the host, by name. Anything
+/// else is refused: a host service is reached without the proxy.
+pub(super) fn host_services(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Vec<HostService>> {
+    let Some(v) = m.get("host_services") else { return Some(Vec::new()) };
+    let p = path.key("host_services");
+    let Some(list) = v.as_sequence() else {
+        ctx.problem(&p, "expected a list of {name, listen}");
+        return None;
+    };
+    if list.len() > plan::HOST_SERVICES_MAX {
+        ctx.problem(&p, format!("at most {} host services", plan::HOST_SERVICES_MAX));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in list.iter().enumerate() {
+        let ip = p.index(i);
+        let Some(sm) = ctx.mapping(item, &ip, &["name", "listen"]) else {
+            ok = false;
+            continue;
+        };
+        let name = ctx.require::<String>(sm, "name", &ip, "a DNS label");
+        let listen = ctx.require::<String>(sm, "listen", &ip, "a loopback address with its port, e.g. 127.0.0.1:5432");
+        let (Some(name), Some(listen)) = (name, listen) else {
+            ok = false;
+            continue;
+        };
+        let label = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-');
+        if !label {
+            ctx.problem(&ip.key("name"), format!("{name:?} is not a DNS label (a-z, 0-9, -)"));
+            ok = false;
+        } else if out.iter().any(|s: &HostService| s.name == name) {
+            ctx.problem(&ip.key("name"), format!("host service {name} is listed twice"));
+            ok = false;
+        }
+        match listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() && a.port() != 0 => out.push(HostService { name, listen: a }),
+            Ok(a) => {
+                ctx.problem(
+                    &ip.key("listen"),
+                    format!("{a} is not a loopback address and port: only services on the host's loopback may be listed (a host service is reached without the proxy)"),
+                );
+                ok = false;
+            }
+            Err(_) => {
+                ctx.problem(
+                    &ip.key("listen"),
+                    format!("{listen:?} is not an address with a port, e.g. 127.0.0.1:5432"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }

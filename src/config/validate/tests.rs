@@ -507,3 +507,34 @@ accounts:
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
 }
+
+#[test]
+fn host_services_must_be_loopback_named_once_and_addressed() {
+    let good = "\
+accounts:
+  - name: a
+    proxies: [{label: p, url: 'socks5://h:1'}]
+    host_services:
+      - {name: postgres, listen: '127.0.0.1:5432'}
+      - {name: redis, listen: '[::1]:6379'}
+";
+    let a = parse(good).expect("valid");
+    assert_eq!(a[0].host_services.len(), 2);
+    assert_eq!(a[0].host_services[1].listen, "[::1]:6379".parse().unwrap());
+    assert_eq!(plan::host_service_addr(1), std::net::Ipv4Addr::new(198, 18, 0, 17));
+    assert_eq!(plan::host_service_index("198.18.0.17".parse().unwrap()), Some(1));
+    assert_eq!(plan::host_service_index("198.18.1.0".parse().unwrap()), None);
+    for (bad, want) in [
+        ("{name: db, listen: '10.0.0.5:5432'}", "not a loopback address"),
+        ("{name: db, listen: '0.0.0.0:5432'}", "not a loopback address"),
+        ("{name: db, listen: 'localhost:5432'}", "not an address with a port"),
+        ("{name: Db_1, listen: '127.0.0.1:5432'}", "not a DNS label"),
+        ("{name: db}", "listen"),
+    ] {
+        let text = good.replace("{name: redis, listen: '[::1]:6379'}", bad);
+        let errs = parse(&text).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains(want) && e.contains("host_services[1]")), "{bad}: {errs:#?}");
+    }
+    let twice = good.replace("name: redis", "name: postgres");
+    assert!(parse(&twice).unwrap_err().iter().any(|e| e.contains("listed twice")));
+}
