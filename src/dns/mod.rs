@@ -66,7 +66,7 @@ pub type HostNames = std::sync::Arc<Vec<(String, Ipv4Addr)>>;
 pub fn host_answer(hosts: &[(String, Ipv4Addr)], msg: &[u8]) -> Option<Vec<u8>> {
     let q = query_or_error(msg).ok()?;
     let name = q.name.trim_end_matches('.').to_ascii_lowercase();
-    if !name.ends_with(crate::config::HOST_SUFFIX) && name != &crate::config::HOST_SUFFIX[1..] {
+    if !name.ends_with(crate::config::HOST_SUFFIX) && name != crate::config::HOST_SUFFIX[1..] {
         return None;
     }
     Some(match hosts.iter().find(|(n, _)| *n == name) {

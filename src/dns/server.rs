@@ -84,15 +84,20 @@ impl DnsServer {
         use super::message::{fit_udp, udp_limit};
         match self {
             DnsServer::FakeIp(m) => m.lock().unwrap_or_else(|e| e.into_inner()).answer(msg),
-            DnsServer::Forward(_, hosts) if super::host_answer(hosts, msg).is_some() => super::host_answer(hosts, msg),
-            DnsServer::Forward(f, _) => match super::query_or_error(msg) {
-                Ok(q) if udp => {
-                    let r = f.resolve(q.clone(), msg).await;
-                    Some(fit_udp(&r, &q, udp_limit(msg)))
+            DnsServer::Forward(f, hosts) => {
+                // Host services' names: answered here, never forwarded.
+                if let Some(r) = super::host_answer(hosts, msg) {
+                    return Some(r);
                 }
-                Ok(q) => Some(f.resolve(q, msg).await),
-                Err(reply) => reply,
-            },
+                match super::query_or_error(msg) {
+                    Ok(q) if udp => {
+                        let r = f.resolve(q.clone(), msg).await;
+                        Some(fit_udp(&r, &q, udp_limit(msg)))
+                    }
+                    Ok(q) => Some(f.resolve(q, msg).await),
+                    Err(reply) => reply,
+                }
+            }
         }
     }
 }
