@@ -130,7 +130,7 @@ pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: Flo
     let Some((target, name, is_fake)) = aimed_at(ctx, dst) else {
         ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
         if let Some(suppressed) = ctx.may_log("fake-ip") {
-            tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: fake IP with no name (stale DNS answer?)");
+            tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: the destination is in nsproxy's fake-IP range 198.18.0.0/15 but no name was answered for it (a stale DNS answer, or a real address in that range: such addresses cannot be reached from an account)");
         }
         st.refuse(key, pkt.to_vec());
         return;
