@@ -43,17 +43,13 @@ impl Server {
         let script = dir.join("hostsvc.py");
         std::fs::write(&script, SERVER_PY).expect("script");
         let log = dir.join(format!("hostsvc-{port}.log"));
-        let mut child = std::process::Command::new("/usr/bin/python3")
-            .arg(&script)
-            .args([port.to_string(), tag.to_string()])
-            .arg(&log)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("host service");
-        let mut line = String::new();
-        let _ =
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("out")), &mut line);
-        assert_eq!(line.trim(), "listening");
+        let child = start_listening(
+            std::process::Command::new("/usr/bin/python3")
+                .arg(&script)
+                .args([port.to_string(), tag.to_string()])
+                .arg(&log),
+            "the host service",
+        );
         Server { child, log }
     }
     fn peers(&self) -> Vec<String> {

@@ -256,17 +256,13 @@ fn http3_over_quic_goes_through_the_proxy_and_udp_block_refuses_it_at_once() {
         "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={HOSTNAME} -keyout {d}/h3.key -out {d}/h3.pem 2>/dev/null"
     ));
     std::fs::write(topo.dir.join("h3server.py"), H3_SERVER_PY).expect("server");
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &topo.origin_ns, venv])
-        .arg(topo.dir.join("h3server.py"))
-        .args([format!("{d}/h3.pem"), format!("{d}/h3.key")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("HTTP/3 server");
-    let mut first = String::new();
-    let _ =
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().expect("stdout")), &mut first);
-    assert_eq!(first.trim(), "listening");
+    let mut server = start_listening(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &topo.origin_ns, venv])
+            .arg(topo.dir.join("h3server.py"))
+            .args([format!("{d}/h3.pem"), format!("{d}/h3.key")]),
+        "the HTTP/3 server",
+    );
     let client = topo.dir.join("h3client.py");
     std::fs::write(&client, H3_CLIENT_PY).expect("client");
     must(&format!("chmod 755 {d} && chmod 644 {}", client.display()));

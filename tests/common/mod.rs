@@ -30,6 +30,17 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Starts `cmd` with its stdout piped and waits for its first line to be
+/// `listening` (a test server ready for clients); returns it running.
+pub fn start_listening(cmd: &mut Command, what: &str) -> Child {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap_or_else(|| panic!("{what}: no stdout"));
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+    assert_eq!(line.trim(), "listening", "{what} did not start");
+    child
+}
+
 /// Where scripts/install-deps.sh unpacks Prometheus' promtool.
 pub const PROMTOOL: &str = "/opt/nsproxy-test/bin/promtool";
 
