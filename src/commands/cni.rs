@@ -73,7 +73,7 @@ fn run(env: &Env, input: &[u8]) -> Result<Option<Value>, CniError> {
         Command::Add => add(&paths, env, &conf, &policy).map(Some),
         Command::Del => del(&paths, env).map(|()| None),
         Command::Check => check(&paths, env, &conf).map(|()| None),
-        Command::Status => status(&conf, env, &policy).map(|()| None),
+        Command::Status => status(&conf, &policy).map(|()| None),
         Command::Gc => gc(&paths, &conf).map(|()| None),
         Command::Version => Ok(None),
     }
@@ -258,12 +258,11 @@ fn check(paths: &Paths, env: &Env, conf: &NetConf) -> Result<(), CniError> {
 
 /// STATUS (1.1): ready when the policy loads (and names the account, if
 /// the network fixes one).
-fn status(conf: &NetConf, env: &Env, policy: &config::Policy) -> Result<(), CniError> {
+fn status(conf: &NetConf, policy: &config::Policy) -> Result<(), CniError> {
     let res = match &conf.account {
         Some(a) => policy.load_account(a).map(drop),
         None => policy.select(None).map(drop),
     };
-    let _ = env;
     res.map_err(|e| CniError::new(50, format!("nsproxy-cni is not available: {e:#}")))
 }
 
