@@ -180,13 +180,14 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     };
     let dns = Arc::new(dns);
     let stats = Arc::new(crate::dataplane::stats::Stats::default());
+    let limits = Limits::from_account(&account);
     let dp = Dataplane::new(Parts {
         account: name.clone(),
         device: tun,
         router: pool.clone(),
         dns: dns.clone(),
         names: names.clone(),
-        limits: Limits::from_account(&account),
+        limits: limits.clone(),
         tasks: tasks.clone(),
         stop: flows_stop.clone(),
         stats: Some(stats.clone()),
@@ -200,7 +201,7 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
         pool: pool.clone(),
         dns,
         names,
-        limits: Limits::from_account(&account),
+        limits,
         stats,
         tasks: tasks.clone(),
         stop: flows_stop.clone(),
