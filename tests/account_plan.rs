@@ -158,6 +158,7 @@ fn down_after_each_partial_state_removes_everything_and_repeats() {
                 namespace: "nsp-acct".into(),
                 path: None,
                 ifname: "tun0".into(),
+                address: "198.18.0.1".parse().unwrap(),
                 mtu: 1500,
                 txqueuelen: 10,
                 ipv6: false,

@@ -79,7 +79,8 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     }
     let _g = serial();
     let topo = Topology::new(&[Kind::Microsocks]);
-    let a = Account::for_proxy("cn", &topo.proxies[0], "");
+    // A moved address range: the result and the container's TUN follow it.
+    let a = Account::for_proxy("cn", &topo.proxies[0], "    dns: {fake_ip_range: 100.80.0.0/16}\n");
     let dir = plugin_dir("a");
     let ns = Netns::new(format!("{}-c1", topo.prefix));
     let id = format!("ctr{}", std::process::id());
@@ -105,7 +106,9 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     assert_eq!(v["interfaces"][0]["name"], "eth0");
     assert_eq!(v["interfaces"][0]["sandbox"], ns.path().as_str());
     assert_eq!(v["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(v["ips"][0]["address"], "100.80.0.1/32", "the account's range: {v}");
     let dns = v["dns"]["nameservers"][0].as_str().expect("a nameserver").to_string();
+    assert_eq!(dns, "100.80.0.2");
     assert!(a.daemon_pid().is_some(), "ADD started the account's daemon");
     // What the runtime then does: the result's nameserver in resolv.conf.
     std::fs::create_dir_all(format!("/etc/netns/{}", ns.0)).expect("etc");
@@ -113,6 +116,7 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     let links = out(&ns.sh("ip -o link show | cut -d: -f2"));
     let names: Vec<&str> = links.split_whitespace().collect();
     assert_eq!(names, vec!["lo", "eth0"], "only lo and the TUN: {links}");
+    assert!(out(&ns.sh("ip -4 -o addr show dev eth0")).contains("inet 100.80.0.1/32"));
     let routes = out(&ns.sh("ip route"));
     assert!(routes.trim().starts_with("default dev eth0") && routes.lines().count() == 1, "{routes}");
     let ask = format!("curl -sS -m 10 http://{HOSTNAME}/");

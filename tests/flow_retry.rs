@@ -97,6 +97,7 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
             ipv6: false,
             udp: None,
             host_services: Vec::new(),
+            addresses: Default::default(),
         },
         tasks: tasks.clone(),
         stop: stop.clone(),

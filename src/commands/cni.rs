@@ -163,8 +163,22 @@ fn add(paths: &Paths, env: &Env, conf: &NetConf, policy: &config::Policy) -> Res
     let req =
         Request::Attach { container: env.container.clone(), netns: env.netns.clone(), ifname: env.ifname.clone() };
     let resp = control::call(&rd.ctl_path(), &req, Duration::from_secs(60));
-    match resp {
-        Ok(r) if r.ok => {}
+    // The daemon says which addresses the container's TUN got (its
+    // account's dns.fake_ip_range).
+    let answered = |r: &crate::published::control::Response, key: &str| {
+        r.data.get(key).and_then(|v| v.as_str()).and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
+    };
+    let (address, dns) = match resp {
+        Ok(r) if r.ok => match (answered(&r, "address"), answered(&r, "dns")) {
+            (Some(a), Some(d)) => (a, d),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                return Err(CniError::new(
+                    code::ATTACH,
+                    format!("account {account}: its daemon attached the container but named no addresses: {}", r.data),
+                ));
+            }
+        },
         Ok(r) => {
             let _ = std::fs::remove_file(&path);
             return Err(CniError::new(code::ATTACH, r.message));
@@ -173,9 +187,9 @@ fn add(paths: &Paths, env: &Env, conf: &NetConf, policy: &config::Policy) -> Res
             let _ = std::fs::remove_file(&path);
             return Err(CniError::new(code::TRY_AGAIN, format!("account {account}: {e}")));
         }
-    }
+    };
     tracing::info!(account = %account, container = %env.container, namespace = %a.namespace, "container attached");
-    Ok(cni::result(&conf.cni_version, &env.ifname, &env.netns, plan::TUN_V4, plan::DNS_V4))
+    Ok(cni::result(&conf.cni_version, &env.ifname, &env.netns, address, dns))
 }
 
 /// A daemon already running for the account must be using this policy
@@ -240,6 +254,7 @@ fn check(paths: &Paths, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         namespace: format!("container {}", env.container),
         path: Some(PathBuf::from(&env.netns)),
         ifname: env.ifname.clone(),
+        address: plan::Addresses::DEFAULT.tun_v4(),
         mtu: 0,
         txqueuelen: 0,
         ipv6: false,

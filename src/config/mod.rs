@@ -5,6 +5,7 @@ pub mod duration;
 pub mod lines;
 pub mod model;
 pub mod overrides;
+pub mod plan;
 pub mod suggest;
 pub mod urls;
 mod validate;

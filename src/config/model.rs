@@ -150,6 +150,9 @@ pub struct Dns {
     pub mode: DnsMode,
     /// Required for `tcp`: the resolver reached through the proxy.
     pub resolver: Option<SocketAddr>,
+    /// `fake_ip_range`: the IPv4 range the namespace's own addresses and
+    /// the fake IPs come from (in both modes).
+    pub fake_ip_range: super::plan::Addresses,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -465,7 +468,7 @@ impl Account {
 }
 
 /// A TCP service on the host's loopback (`host_services`): inside the
-/// namespace `NAME.host.nsproxy` (address `plan::host_service_addr`) on
+/// namespace `NAME.host.nsproxy` (address `plan::Addresses::host_service_addr`) on
 /// the same port; the daemon connects to `listen` in the host namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostService {
@@ -475,68 +478,6 @@ pub struct HostService {
 
 /// The DNS suffix of host services inside the namespace.
 pub const HOST_SUFFIX: &str = ".host.nsproxy";
-
-/// The address plan of every account namespace: fixed, because each account
-/// has a namespace of its own.
-pub mod plan {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    /// Name of the TUN device inside the namespace.
-    pub const TUN_NAME: &str = "tun0";
-    /// The namespace side of the TUN.
-    pub const TUN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    pub const TUN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
-    /// The stack's own address: the DNS server named in resolv.conf.
-    pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-    pub const STACK_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
-    /// Fake-IP pool: 198.18.1.0 - 198.19.255.254.
-    pub const FAKE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
-    pub const FAKE_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
-    /// Host services get 198.18.0.16 - 198.18.0.79 (below the fake-IP pool).
-    pub const HOST_SERVICES_MAX: usize = 64;
-
-    /// The address of the `i`th host service inside the namespace.
-    pub fn host_service_addr(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, 16 + (i.min(HOST_SERVICES_MAX - 1)) as u8)
-    }
-
-    /// Which host service an address inside is (its index), if any.
-    pub fn host_service_index(ip: std::net::IpAddr) -> Option<usize> {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                let o = v4.octets();
-                (o[0] == 198 && o[1] == 18 && o[2] == 0 && (16..16 + HOST_SERVICES_MAX as u8).contains(&o[3]))
-                    .then(|| (o[3] - 16) as usize)
-            }
-            _ => None,
-        }
-    }
-
-    /// The namespace of an account whose policy names none.
-    pub fn default_namespace(account: &str) -> String {
-        format!("nsp-{account}")
-    }
-
-    /// The namespace of an account known by name (`down`, `status`): the
-    /// running daemon's (from its state), else the policy's, else the
-    /// default name.
-    pub fn namespace_of(
-        account: &str,
-        from_state: Option<String>,
-        from_policy: impl FnOnce() -> Option<String>,
-    ) -> String {
-        from_state.or_else(from_policy).unwrap_or_else(|| default_namespace(account))
-    }
-}
-
-pub fn is_fake_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let n = u32::from(v4);
-            n >= u32::from(plan::FAKE_FIRST) && n <= u32::from(plan::FAKE_LAST)
-        }
-        IpAddr::V6(_) => false,
-    }
-}
 
 mod secs {
     use serde::Serializer;

@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::plan;
 use crate::dataplane::stats::Stats;
 use crate::dataplane::{Dataplane, Limits, Parts};
 use crate::dns::names::Names;
@@ -80,7 +79,7 @@ pub async fn serve(sh: Shared, mut calls: mpsc::Receiver<Call>) {
         let resp = match order {
             Order::Attach { container, netns, ifname } => match running.get(&container) {
                 Some(r) if r.netns == Path::new(&netns) && r.ifname == ifname && !r.done.is_finished() => {
-                    Response::ok(format!("container {container} is attached"), answer(&ifname))
+                    Response::ok(format!("container {container} is attached"), answer(&sh, &ifname))
                 }
                 _ => {
                     if let Some(old) = running.remove(&container) {
@@ -90,7 +89,7 @@ pub async fn serve(sh: Shared, mut calls: mpsc::Receiver<Call>) {
                         Ok(r) => {
                             tracing::info!(account = %sh.account, container = %container, netns = %netns, ifname = %ifname, "container attached");
                             running.insert(container.clone(), r);
-                            Response::ok(format!("container {container} attached"), answer(&ifname))
+                            Response::ok(format!("container {container} attached"), answer(&sh, &ifname))
                         }
                         Err(e) => {
                             tracing::error!(account = %sh.account, container = %container, error = %e, "cannot attach the container");
@@ -116,8 +115,9 @@ pub async fn serve(sh: Shared, mut calls: mpsc::Receiver<Call>) {
 }
 
 /// The addresses a container's TUN has (the same plan as the account's).
-fn answer(ifname: &str) -> serde_json::Value {
-    serde_json::json!({"ifname": ifname, "address": plan::TUN_V4.to_string(), "dns": plan::DNS_V4.to_string()})
+fn answer(sh: &Shared, ifname: &str) -> serde_json::Value {
+    let (address, dns) = (sh.limits.addresses.tun_v4(), sh.limits.addresses.dns_v4());
+    serde_json::json!({"ifname": ifname, "address": address.to_string(), "dns": dns.to_string()})
 }
 
 /// Stops a container's data plane; its TUN goes with the fd.

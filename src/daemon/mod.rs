@@ -130,7 +130,7 @@ pub fn start_with(
             pid: std::process::id(),
             policy: policy.path.canonicalize().unwrap_or_else(|_| policy.path.clone()),
             tun: addr::TUN_NAME.into(),
-            dns: addr::DNS_V4.to_string(),
+            dns: plan.dns.to_string(),
             proxy: pool.active().map(|r| r.upstream.name()).unwrap_or_default(),
             exec_users: account.exec.users.clone(),
             exec_groups: account.exec.groups.clone(),

@@ -60,11 +60,12 @@ impl AccountPlan {
                 namespace: a.namespace.clone(),
                 path: None,
                 ifname: plan::TUN_NAME.into(),
+                address: a.dns.fake_ip_range.tun_v4(),
                 mtu: a.mtu,
                 txqueuelen: a.limits.tun_queue_len(),
                 ipv6: a.ipv6 == config::Ipv6Mode::Proxy,
             },
-            dns: plan::DNS_V4,
+            dns: a.dns.fake_ip_range.dns_v4(),
         }
     }
 
@@ -81,13 +82,14 @@ impl AccountPlan {
                 namespace: namespace.clone(),
                 path: None,
                 ifname: plan::TUN_NAME.into(),
+                address: plan::Addresses::DEFAULT.tun_v4(),
                 mtu: 0,
                 txqueuelen: 0,
                 ipv6: false,
             },
             namespace,
             run,
-            dns: plan::DNS_V4,
+            dns: plan::Addresses::DEFAULT.dns_v4(),
         }
     }
 

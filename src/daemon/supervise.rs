@@ -158,7 +158,7 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                (format!("{}{}", h.name, crate::config::HOST_SUFFIX), crate::config::plan::host_service_addr(i))
+                (format!("{}{}", h.name, crate::config::HOST_SUFFIX), account.dns.fake_ip_range.host_service_addr(i))
             })
             .collect(),
     );
@@ -176,7 +176,9 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
                 hosts.clone(),
             )
         }
-        _ => DnsServer::FakeIp(Mutex::new(FakeDns::open(&plan.run.fakeip_path(), &name).with_hosts(hosts.clone()))),
+        _ => DnsServer::FakeIp(Mutex::new(
+            FakeDns::open(&plan.run.fakeip_path(), &name, &account.dns.fake_ip_range).with_hosts(hosts.clone()),
+        )),
     };
     let dns = Arc::new(dns);
     let stats = Arc::new(crate::dataplane::stats::Stats::default());

@@ -14,22 +14,27 @@ use super::Ctx;
 use super::adapter::SmolStream;
 use super::relay;
 use super::stack::{Flow, FlowKey};
-use crate::config::is_fake_ip;
 use crate::proxy::route::{Refusal, Route};
 use crate::proxy::{Connected, Target};
 use crate::rules::Dest;
 
 /// What a packet to `dst` is aimed at: the name behind a fake IP, or the
 /// address; the name the rules see (with DNS mode tcp and rules, the name
-/// an address was answered for); whether `dst` is a fake IP. None: a fake
-/// IP with no name (a stale answer). Used by TCP and UDP flows alike.
+/// an address was answered for); whether `dst` is a fake IP. None: an
+/// address of the account's reserved range (`dns.fake_ip_range`) that is
+/// no fake IP with a name: a stale answer, an address nsproxy keeps for
+/// itself, or a real address the range hides; never proxied. Used by TCP
+/// and UDP flows alike.
 pub(super) fn aimed_at(ctx: &Ctx, dst: SocketAddr) -> Option<(Target, Option<String>, bool)> {
-    let fake = if is_fake_ip(dst.ip()) { ctx.dns.fake() } else { None };
-    let is_fake = fake.is_some();
-    let target = match (dst.ip(), fake) {
-        (IpAddr::V4(v4), Some(dns)) => Target::Name(dns.table.lookup(v4)?.to_string(), dst.port()),
+    let range = &ctx.limits.addresses;
+    let target = match dst.ip() {
+        IpAddr::V4(v4) if range.contains(dst.ip()) => {
+            let dns = ctx.dns.fake().filter(|_| range.is_fake(dst.ip()))?;
+            Target::Name(dns.table.lookup(v4)?.to_string(), dst.port())
+        }
         _ => Target::Ip(dst),
     };
+    let is_fake = matches!(target, Target::Name(..));
     let name = match (&target, &ctx.names) {
         (Target::Name(n, _), _) => Some(n.clone()),
         (Target::Ip(a), Some(names)) => {
@@ -102,7 +107,7 @@ pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: Flo
     }
     // A host service: to the host's loopback, without the proxy; any other
     // address or port of that range is refused.
-    if let Some(i) = crate::config::plan::host_service_index(dst.ip()) {
+    if let Some(i) = ctx.limits.addresses.host_service_index(dst.ip()) {
         let svc = ctx.limits.host_services.get(i).filter(|(_, a)| a.port() == dst.port()).cloned();
         let Some((name, listen)) = svc else {
             ctx.stats.flows_refused_rule.fetch_add(1, Relaxed);
@@ -130,7 +135,7 @@ pub(super) fn on_syn(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, key: Flo
     let Some((target, name, is_fake)) = aimed_at(ctx, dst) else {
         ctx.stats.flows_refused_unknown_fake_ip.fetch_add(1, Relaxed);
         if let Some(suppressed) = ctx.may_log("fake-ip") {
-            tracing::warn!(account = %ctx.account, dst = %dst, suppressed, "flow refused: the destination is in nsproxy's fake-IP range 198.18.0.0/15 but no name was answered for it (a stale DNS answer, or a real address in that range: such addresses cannot be reached from an account)");
+            tracing::warn!(account = %ctx.account, dst = %dst, range = %ctx.limits.addresses, suppressed, "flow refused: the destination is in the account's reserved range (dns.fake_ip_range) but no name was answered for it (a stale DNS answer, or a real address in that range: move dns.fake_ip_range to reach it)");
         }
         st.refuse(key, pkt.to_vec());
         return;

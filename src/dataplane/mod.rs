@@ -55,6 +55,8 @@ pub struct Limits {
     /// `host_services`, by index (the address inside): name and the
     /// loopback address on the host.
     pub host_services: Vec<(String, std::net::SocketAddr)>,
+    /// The namespace's address plan (`dns.fake_ip_range`).
+    pub addresses: crate::config::plan::Addresses,
 }
 
 /// Bounds of `udp: proxy`.
@@ -83,6 +85,7 @@ impl Limits {
                 queue: 256,
             }),
             host_services: a.host_services.iter().map(|h| (h.name.clone(), h.listen)).collect(),
+            addresses: a.dns.fake_ip_range,
         }
     }
 }
@@ -195,7 +198,12 @@ impl Dataplane {
     /// Registers the device with the runtime (call inside it).
     pub fn new(p: Parts) -> std::io::Result<Dataplane> {
         let tun = TunRef(Arc::new(crate::host::sys::register_async(p.device)?));
-        let stack = Stack::new(Box::new(FdSink { fd: tun.clone(), dropped: 0 }), p.limits.mtu, p.limits.socket_buffer);
+        let stack = Stack::new(
+            Box::new(FdSink { fd: tun.clone(), dropped: 0 }),
+            p.limits.mtu,
+            p.limits.socket_buffer,
+            p.limits.addresses.dns_v4(),
+        );
         let ctx = Ctx {
             account: p.account,
             router: p.router,

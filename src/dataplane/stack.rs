@@ -57,17 +57,18 @@ impl<T: Sink + ?Sized> Sink for Box<T> {
 }
 
 impl Stack {
-    pub fn new(sink: Box<dyn Sink + Send>, mtu: usize, buf_size: usize) -> Stack {
+    /// `address`: the stack's own IPv4 address (the namespace's DNS server).
+    pub fn new(sink: Box<dyn Sink + Send>, mtu: usize, buf_size: usize, address: std::net::Ipv4Addr) -> Stack {
         let epoch = std::time::Instant::now();
         let mut dev = TunDevice::new(sink, mtu, 4096);
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = seed();
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv4(plan::DNS_V4), 32));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(address), 32));
             let _ = a.push(IpCidr::new(IpAddress::Ipv6(plan::STACK_V6), 128));
         });
-        let _ = iface.routes_mut().add_default_ipv4_route(plan::DNS_V4);
+        let _ = iface.routes_mut().add_default_ipv4_route(address);
         let _ = iface.routes_mut().add_default_ipv6_route(plan::STACK_V6);
         iface.set_any_ip(true);
         Stack {
@@ -286,7 +287,7 @@ mod tests {
 
     fn stack() -> (Stack, Capture) {
         let cap = Capture::default();
-        (Stack::new(Box::new(cap.clone()), 65000, 64 * 1024), cap)
+        (Stack::new(Box::new(cap.clone()), 65000, 64 * 1024, plan::Addresses::DEFAULT.dns_v4()), cap)
     }
 
     #[test]

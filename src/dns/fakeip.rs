@@ -19,7 +19,7 @@ pub struct FakeIpTable {
 
 impl Default for FakeIpTable {
     fn default() -> Self {
-        FakeIpTable::new(plan::FAKE_FIRST, plan::FAKE_LAST)
+        FakeIpTable::of(&plan::Addresses::DEFAULT)
     }
 }
 
@@ -27,6 +27,12 @@ impl FakeIpTable {
     pub fn new(first: Ipv4Addr, last: Ipv4Addr) -> Self {
         let (f, l) = (u32::from(first), u32::from(last));
         FakeIpTable { first: f, size: l.saturating_sub(f) + 1, next: 0, by_name: HashMap::new(), by_ip: HashMap::new() }
+    }
+
+    /// An empty table over the fake-IP pool of `range`.
+    pub fn of(range: &plan::Addresses) -> Self {
+        let (first, last) = range.fake_pool();
+        FakeIpTable::new(first, last)
     }
 
     pub fn len(&self) -> usize {
@@ -66,10 +72,11 @@ impl FakeIpTable {
         entries.iter().map(|(ip, n)| format!("{} {n}\n", Ipv4Addr::from(**ip))).collect()
     }
 
-    /// Restores a table written by `to_text`; bad lines are skipped and
-    /// counted.
-    pub fn from_text(text: &str) -> (FakeIpTable, usize) {
-        let mut t = FakeIpTable::default();
+    /// Restores a table written by `to_text` into this empty one; bad
+    /// lines, and entries outside this table's pool (written before the
+    /// range moved), are skipped and counted.
+    pub fn restore(self, text: &str) -> (FakeIpTable, usize) {
+        let mut t = self;
         let mut bad = 0;
         for line in text.lines() {
             let mut it = line.split(' ');
@@ -105,12 +112,12 @@ mod tests {
         let mut t = FakeIpTable::default();
         let (a, new) = t.assign("a.test");
         assert!(new);
-        assert_eq!(a, plan::FAKE_FIRST);
+        assert_eq!(a, plan::Addresses::DEFAULT.fake_pool().0);
         assert_eq!(t.assign("a.test"), (a, false));
         let (b, _) = t.assign("b.test");
         assert_ne!(a, b);
         assert_eq!(t.lookup(b), Some("b.test"));
-        assert!(crate::config::is_fake_ip(a.into()));
+        assert!(plan::Addresses::DEFAULT.is_fake(a.into()));
     }
 
     #[test]
@@ -130,11 +137,22 @@ mod tests {
         t.assign("a.test");
         let (b, _) = t.assign("b.test");
         let text = format!("{}garbage\n1.2.3.4 outside.pool\n", t.to_text());
-        let (mut r, bad) = FakeIpTable::from_text(&text);
+        let (mut r, bad) = FakeIpTable::default().restore(&text);
         assert_eq!(bad, 2);
         assert_eq!(r.lookup(b), Some("b.test"));
         // New names continue after the restored ones.
         let (c, _) = r.assign("c.test");
         assert_eq!(u32::from(c), u32::from(b) + 1);
+    }
+
+    #[test]
+    fn a_moved_range_forgets_the_old_answers() {
+        let mut old = FakeIpTable::default();
+        old.assign("a.test");
+        let moved = plan::Addresses::parse("10.99.0.0/23").unwrap();
+        let (mut t, skipped) = FakeIpTable::of(&moved).restore(&old.to_text());
+        assert_eq!((t.len(), skipped), (0, 1));
+        let (ip, _) = t.assign("a.test");
+        assert_eq!(ip, Ipv4Addr::new(10, 99, 1, 0));
     }
 }

@@ -21,13 +21,13 @@ pub struct FakeDns {
 impl FakeDns {
     /// Loads the table from `path` (corrupt lines skipped and logged),
     /// compacts the file, and appends new entries to it from now on.
-    pub fn open(path: &Path, account: &str) -> FakeDns {
+    pub fn open(path: &Path, account: &str, range: &crate::config::plan::Addresses) -> FakeDns {
         let (table, bad) = match std::fs::read_to_string(path) {
-            Ok(text) => FakeIpTable::from_text(&text),
-            Err(_) => (FakeIpTable::default(), 0),
+            Ok(text) => FakeIpTable::of(range).restore(&text),
+            Err(_) => (FakeIpTable::of(range), 0),
         };
         if bad > 0 {
-            tracing::warn!(account, file = %path.display(), bad, "skipped corrupt lines of the fake-IP table");
+            tracing::warn!(account, file = %path.display(), bad, range = %range, "skipped lines of the fake-IP table: corrupt, or from before dns.fake_ip_range moved");
         }
         // Compact: rewrite what was loaded, then append new entries.
         let _ = crate::host::rundir::write_atomic(path, table.to_text().as_bytes(), 0o600);

@@ -33,6 +33,8 @@ pub struct TunPlan {
     pub path: Option<std::path::PathBuf>,
     /// The interface's name (`tun0`, or the runtime's `CNI_IFNAME`).
     pub ifname: String,
+    /// The interface's IPv4 address (`dns.fake_ip_range` + 1).
+    pub address: std::net::Ipv4Addr,
     pub mtu: u32,
     pub txqueuelen: u32,
     /// Route IPv6 into the TUN (`ipv6: proxy`); otherwise IPv6 is disabled
@@ -113,7 +115,7 @@ async fn configure(p: &TunPlan) -> Result<(), LinkError> {
             .map_err(nl("set the TUN up"))?;
         handle
             .address()
-            .add(tun, IpAddr::V4(plan::TUN_V4), 32)
+            .add(tun, IpAddr::V4(p.address), 32)
             .replace()
             .execute()
             .await

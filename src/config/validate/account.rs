@@ -1,6 +1,7 @@
 //! An account: its own fields, DNS, limits and health check.
 
 use super::*;
+use crate::config::plan::Addresses;
 
 pub(super) const ACCOUNT_KEYS: &[&str] = &[
     "name",
@@ -208,9 +209,21 @@ pub(super) fn account(
 }
 
 pub(super) fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
-    let Some(v) = m.get("dns") else { return Some(Dns { mode: DnsMode::FakeIp, resolver: None }) };
+    let Some(v) = m.get("dns") else {
+        return Some(Dns { mode: DnsMode::FakeIp, resolver: None, fake_ip_range: Addresses::DEFAULT });
+    };
     let p = path.key("dns");
-    let dm = ctx.mapping(v, &p, &["mode", "resolver"])?;
+    let dm = ctx.mapping(v, &p, &["mode", "resolver", "fake_ip_range"])?;
+    let fake_ip_range = match ctx.get::<String>(dm, "fake_ip_range", &p, "an IPv4 range such as 198.18.0.0/15") {
+        None => Some(Addresses::DEFAULT),
+        Some(r) => match Addresses::parse(&r) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                ctx.problem(&p.key("fake_ip_range"), e);
+                None
+            }
+        },
+    };
     let mode = ctx.choice(dm, "mode", &p, &[("fake-ip", DnsMode::FakeIp), ("tcp", DnsMode::Tcp)], DnsMode::FakeIp);
     let resolver = match ctx.get::<String>(dm, "resolver", &p, "an IP address with optional :port") {
         None => None,
@@ -232,7 +245,7 @@ pub(super) fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
             ctx.problem(&p.key("resolver"), "resolver is only used with mode: tcp");
             None
         }
-        mode => Some(Dns { mode, resolver }),
+        mode => Some(Dns { mode, resolver, fake_ip_range: fake_ip_range? }),
     }
 }
 
@@ -277,8 +290,8 @@ pub(super) fn host_services(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Opt
         ctx.problem(&p, "expected a list of {name, listen}");
         return None;
     };
-    if list.len() > plan::HOST_SERVICES_MAX {
-        ctx.problem(&p, format!("at most {} host services", plan::HOST_SERVICES_MAX));
+    if list.len() > crate::config::plan::HOST_SERVICES_MAX {
+        ctx.problem(&p, format!("at most {} host services", crate::config::plan::HOST_SERVICES_MAX));
         return None;
     }
     let mut out = Vec::new();

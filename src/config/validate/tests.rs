@@ -521,9 +521,8 @@ accounts:
     let a = parse(good).expect("valid");
     assert_eq!(a[0].host_services.len(), 2);
     assert_eq!(a[0].host_services[1].listen, "[::1]:6379".parse().unwrap());
-    assert_eq!(plan::host_service_addr(1), std::net::Ipv4Addr::new(198, 18, 0, 17));
-    assert_eq!(plan::host_service_index("198.18.0.17".parse().unwrap()), Some(1));
-    assert_eq!(plan::host_service_index("198.18.1.0".parse().unwrap()), None);
+    let range = a[0].dns.fake_ip_range;
+    assert_eq!(range.host_service_addr(1), std::net::Ipv4Addr::new(198, 18, 0, 17));
     for (bad, want) in [
         ("{name: db, listen: '10.0.0.5:5432'}", "not a loopback address"),
         ("{name: db, listen: '0.0.0.0:5432'}", "not a loopback address"),
@@ -537,4 +536,31 @@ accounts:
     }
     let twice = good.replace("name: redis", "name: postgres");
     assert!(parse(&twice).unwrap_err().iter().any(|e| e.contains("listed twice")));
+}
+
+#[test]
+fn fake_ip_range_moves_the_namespace_addresses_and_bad_ones_are_named() {
+    let good = "\
+accounts:
+  - name: a
+    proxies: [{label: p, url: 'socks5://h:1'}]
+    dns: {mode: tcp, resolver: 9.9.9.9, fake_ip_range: 100.80.0.0/16}
+  - name: b
+    proxies: [{label: p, url: 'socks5://h:1'}]
+";
+    let a = parse(good).expect("valid");
+    assert_eq!(a[0].dns.fake_ip_range.to_string(), "100.80.0.0/16");
+    assert_eq!(a[0].dns.fake_ip_range.dns_v4(), std::net::Ipv4Addr::new(100, 80, 0, 2));
+    assert_eq!(a[1].dns.fake_ip_range, crate::config::plan::Addresses::DEFAULT);
+    for (bad, want) in [
+        ("100.80.0.1/16", "did you mean 100.80.0.0/16"),
+        ("100.80.0.0/30", "/30 is not allowed"),
+        ("[1]", "expected an IPv4 range"),
+    ] {
+        let errs = parse(&good.replace("100.80.0.0/16", bad)).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains(want) && e.contains("accounts[0].dns.fake_ip_range")),
+            "{bad}: {errs:#?}"
+        );
+    }
 }
