@@ -114,8 +114,8 @@ async fn client(args: &[String]) {
     if rest.first().map(String::as_str) == Some("--socks") {
         let pass = std::fs::read_to_string(&rest[3]).expect("password file").trim().to_string();
         let (host, port) = rest[1].rsplit_once(':').expect("ip:port");
-        socks = Some(nsproxy::proxy::Upstream {
-            entry: nsproxy::config::ProxyEntry {
+        socks = Some(nsproxy::proxy::Upstream::new(
+            nsproxy::config::ProxyEntry {
                 label: "bench".into(),
                 scheme: nsproxy::config::Scheme::Socks5,
                 host: host.into(),
@@ -127,12 +127,13 @@ async fn client(args: &[String]) {
                 connect_timeout: Duration::from_secs(10),
                 handshake_timeout: Duration::from_secs(10),
                 expected_egress_ip: None,
+                ca_file: None,
             },
-            creds: Some(nsproxy::secrets::Creds {
+            Some(nsproxy::secrets::Creds {
                 user: nsproxy::secrets::Secret::new(rest[2].clone()),
                 pass: nsproxy::secrets::Secret::new(pass),
             }),
-        });
+        ));
         rest = &rest[4..];
     }
     let c = Client { target, socks };
@@ -175,7 +176,12 @@ impl Client {
         let s = match &self.socks {
             // Bytes that came with the SOCKS5 reply (a bulk source starts at
             // once) are not counted: a few KiB against gigabytes.
-            Some(up) => up.connect(&nsproxy::proxy::Target::Ip(addr)).await.map_err(std::io::Error::other)?.stream,
+            Some(up) => {
+                match up.connect(&nsproxy::proxy::Target::Ip(addr)).await.map_err(std::io::Error::other)?.stream {
+                    nsproxy::proxy::ProxyStream::Tcp(s) => s,
+                    nsproxy::proxy::ProxyStream::Tls(_) => unreachable!("the benchmark's proxy is SOCKS5"),
+                }
+            }
             None => TcpStream::connect(addr).await?,
         };
         let _ = s.set_nodelay(true);

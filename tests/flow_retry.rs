@@ -56,7 +56,7 @@ fn route(label: &str, url: &str) -> Route {
     let a = nsproxy::config::parse_str(Path::new("t.yaml"), &text).expect("policy").remove(0);
     let entry = a.proxies[0].clone();
     Route {
-        upstream: Arc::new(Upstream { entry, creds: None }),
+        upstream: Arc::new(Upstream::new(entry, None)),
         counters: Arc::new(ProxyCounters::default()),
         by_rule: false,
     }

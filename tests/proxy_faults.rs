@@ -260,6 +260,19 @@ fn stalls_and_refusals_before_connect_are_timeouts_or_auth_failures() {
         wait_until(expect, Duration::from_secs(5), || a.log().contains(expect));
         assert!(a.log().contains(&format!("scripted (socks5://127.0.0.1:{port})")), "{mode}: the log names the proxy");
     }
+    // An https:// proxy that stalls in the TLS handshake, or answers
+    // something that is not TLS (a SOCKS5 refusal): the handshake timeout
+    // bounds the first, the second is a TLS error; neither is ever used.
+    for (mode, expect) in [("greeting-stall", "handshake timed out after 1s"), ("no-method", "TLS: ")] {
+        let port = socks_server(mode);
+        let a = account(&format!("https://127.0.0.1:{port}"), true);
+        let said = a.up_without_proxy();
+        println!("https {mode}: {said}");
+        assert!(said.contains(expect), "https {mode}: up names the failure: {said}");
+        let (seen, secs) = try_port(&a, 2999);
+        assert!(seen.starts_with("refused") && secs < 2.5, "https {mode}: {seen} after {secs} s");
+        assert!(a.log().contains(&format!("scripted (https://127.0.0.1:{port})")), "https {mode}: the proxy named");
+    }
 }
 
 #[test]

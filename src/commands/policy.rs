@@ -13,7 +13,7 @@ pub fn policy_check(policy: &config::Policy) -> ExitCode {
             // Not problems: what the policy will do that may surprise.
             for a in accounts.iter().filter(|a| a.udp == config::UdpMode::Proxy) {
                 let http: Vec<String> =
-                    a.proxies.iter().filter(|p| p.scheme == config::Scheme::Http).map(|p| p.display_name()).collect();
+                    a.proxies.iter().filter(|p| p.scheme != config::Scheme::Socks5).map(|p| p.display_name()).collect();
                 if !http.is_empty() {
                     println!(
                         "note: account {}: udp: proxy, but {} cannot carry UDP: while one of them is active, UDP is refused",

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub enum Scheme {
     Socks5,
     Http,
+    /// HTTP CONNECT inside TLS with the proxy.
+    Https,
 }
 
 impl fmt::Display for Scheme {
@@ -21,6 +23,7 @@ impl fmt::Display for Scheme {
         f.write_str(match self {
             Scheme::Socks5 => "socks5",
             Scheme::Http => "http",
+            Scheme::Https => "https",
         })
     }
 }
@@ -125,6 +128,8 @@ pub struct ProxyEntry {
     pub handshake_timeout: Duration,
     /// The egress address this proxy must show; a mismatch marks it unhealthy.
     pub expected_egress_ip: Option<IpAddr>,
+    /// `https://` proxies: PEM certificates trusted besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ProxyEntry {

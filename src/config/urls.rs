@@ -6,13 +6,15 @@ use std::path::PathBuf;
 
 use super::model::*;
 
-/// `socks5://host:port` or `http://host:port`; no credentials, path or query.
+/// `socks5://host:port`, `http://host:port` or `https://host:port` (HTTP
+/// CONNECT over TLS); no credentials, path or query.
 pub fn parse_proxy_url(u: &str) -> Result<(Scheme, String, u16), String> {
-    let expected = "expected socks5://host:port or http://host:port";
+    let expected = "expected socks5://host:port, http://host:port or https://host:port";
     let (scheme, rest) = u.split_once("://").ok_or_else(|| format!("{expected}, got {u:?}"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "socks5" | "socks5h" => Scheme::Socks5,
         "http" => Scheme::Http,
+        "https" => Scheme::Https,
         s => return Err(format!("unsupported proxy scheme {s:?}: {expected}")),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);

@@ -109,6 +109,14 @@ pub fn start_with(
     // The checks' TLS trust (a bad ca_file keeps the account down).
     let checks = ManagerConfig::new(&account)
         .map_err(|e| anyhow::Error::new(config::Invalid(format!("account {}: {e}", account.name))))?;
+    // The same for https:// proxies: the trust their certificates are
+    // checked against.
+    for (i, p) in account.proxies.iter().enumerate() {
+        if let Some(Err(e)) = crate::proxy::proxy_tls(p) {
+            let at = format!("account {}: proxies[{i}] {}: {e}", account.name, p.display_name());
+            return Err(anyhow::Error::new(config::Invalid(at)));
+        }
+    }
     let plan = AccountPlan::new(host.paths(), &account);
     let mut claim = plan.claim()?;
     // The saved pool state (burns): a corrupt file stops the start here.

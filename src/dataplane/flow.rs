@@ -53,7 +53,12 @@ async fn connect_local(listen: SocketAddr) -> std::io::Result<Connected> {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 5 s"))??;
     let _ = stream.set_nodelay(true);
-    Ok(Connected { stream, leftover: Vec::new(), connect_time: started.elapsed(), handshake_time: Duration::ZERO })
+    Ok(Connected {
+        stream: stream.into(),
+        leftover: Vec::new(),
+        connect_time: started.elapsed(),
+        handshake_time: Duration::ZERO,
+    })
 }
 
 /// A flow's route to a host service: no proxy, counters of its own.
@@ -65,7 +70,7 @@ fn local_route(name: &str, listen: SocketAddr) -> Route {
         ..crate::pool::service::placeholder_entry()
     };
     Route {
-        upstream: Arc::new(crate::proxy::Upstream { entry, creds: None }),
+        upstream: Arc::new(crate::proxy::Upstream::new(entry, None)),
         counters: Arc::new(Default::default()),
         by_rule: true,
     }

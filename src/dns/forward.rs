@@ -125,7 +125,7 @@ async fn run(
             }
         };
         tracing::debug!(account = %account, resolver = %resolver, "DNS over TCP connection open");
-        let (mut rd, mut wr) = conn.stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(conn.stream);
         let (ftx, mut frx) = mpsc::channel::<Vec<u8>>(64);
         let mut leftover = conn.leftover;
         let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {

@@ -185,7 +185,7 @@ impl ServiceClient {
         };
         let req =
             Request { method: Method::Post, url: &url, headers: &headers, body: Some(("application/json", body)) };
-        match fetch::over(tcp, &req, Some(&self.tls), MAX_ANSWER).await {
+        match fetch::over(tcp.into(), &req, Some(&self.tls), MAX_ANSWER).await {
             Ok(a) => Ok((a.status, a.body)),
             Err(FetchError::Tls { reason, .. }) => Err(format!("TLS: {reason}")),
             Err(FetchError::TooLarge(_)) => Err(format!("answer larger than {MAX_ANSWER} bytes")),

@@ -124,7 +124,8 @@ fn parse_proxy_url(u: &str) -> Result<ParsedUrl, String> {
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "socks5" | "socks5h" => Scheme::Socks5,
         "http" => Scheme::Http,
-        _ => return Err("proxy_url: unsupported scheme (socks5 or http)".into()),
+        "https" => Scheme::Https,
+        _ => return Err("proxy_url: unsupported scheme (socks5, http or https)".into()),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -144,7 +145,7 @@ fn parse_proxy_url(u: &str) -> Result<ParsedUrl, String> {
         }
     };
     // Validate host:port with the policy's own parser (no credentials, path).
-    let plain = format!("{}://{hostport}", if scheme == Scheme::Http { "http" } else { "socks5" });
+    let plain = format!("{scheme}://{hostport}");
     let (_, host, port) =
         crate::config::parse_proxy_url(&plain).map_err(|_| "proxy_url: bad host or port".to_string())?;
     Ok((scheme, host, port, user, pass))

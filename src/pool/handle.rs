@@ -88,7 +88,7 @@ impl PoolHandle {
             .iter()
             .zip(creds.into_iter().chain(std::iter::repeat(None)))
             .map(|(p, c)| {
-                let up = Arc::new(Upstream { entry: p.clone(), creds: c });
+                let up = Arc::new(Upstream::new(p.clone(), c));
                 (p.label.clone(), (up, Arc::new(ProxyCounters::default())))
             })
             .collect();

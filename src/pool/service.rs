@@ -35,6 +35,7 @@ pub fn placeholder_entry() -> ProxyEntry {
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(10),
         expected_egress_ip: None,
+        ca_file: None,
     }
 }
 
@@ -43,10 +44,7 @@ fn upstream_for(a: &Allocation) -> Upstream {
         (Some(u), Some(p)) => Some(Creds { user: u.clone(), pass: p.clone() }),
         _ => None,
     };
-    Upstream {
-        entry: ProxyEntry { scheme: a.scheme, host: a.host.clone(), port: a.port, ..placeholder_entry() },
-        creds,
-    }
+    Upstream::new(ProxyEntry { scheme: a.scheme, host: a.host.clone(), port: a.port, ..placeholder_entry() }, creds)
 }
 
 pub use crate::published::service::ServiceStatus;

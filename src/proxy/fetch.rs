@@ -42,6 +42,10 @@ impl Tls {
         Tls(tokio_rustls::TlsConnector::from(c))
     }
 
+    pub(crate) fn connector(&self) -> &tokio_rustls::TlsConnector {
+        &self.0
+    }
+
     /// The system's trust store (`/etc/ssl/certs` and the like) and the
     /// certificates of `ca_file`, if given. A missing system store is only
     /// an error when no `ca_file` is given either.
@@ -155,7 +159,7 @@ pub async fn fetch(up: &Upstream, req: &Request<'_>, tls: Option<&Tls>, max: usi
 /// `req` over `stream`, a connection to the URL's host: TLS first when the
 /// URL is https.
 pub async fn over(
-    stream: tokio::net::TcpStream,
+    stream: super::ProxyStream,
     req: &Request<'_>,
     tls: Option<&Tls>,
     max: usize,

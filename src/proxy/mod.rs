@@ -1,13 +1,15 @@
 //! Upstream connections through the account's proxy: SOCKS5 (RFC 1928/1929)
-//! and HTTP CONNECT. The handshakes are byte-level parsers with no I/O
-//! (`socks5`, `http`); `connect` drives them over a TCP stream with the
-//! proxy's connect and handshake timeouts.
+//! and HTTP CONNECT, in clear or (`https://` proxies) inside TLS with the
+//! proxy. The handshakes are byte-level parsers with no I/O (`socks5`,
+//! `http`); `connect` drives them over the stream with the proxy's connect
+//! and handshake timeouts (the TLS handshake counts in the latter).
 
 pub mod fetch;
 pub mod http;
 pub mod probe;
 pub mod route;
 pub mod socks5;
+pub mod stream;
 pub mod udp;
 pub mod verdict;
 
@@ -15,8 +17,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+pub use stream::ProxyStream;
 
 use crate::config::{ProxyEntry, Scheme};
 use crate::secrets::Creds;
@@ -57,6 +61,8 @@ pub enum ProxyError {
     Refused { proxy: String, target: String, reason: String, destination_error: bool },
     #[error("proxy {proxy}: protocol error: {reason}")]
     Protocol { proxy: String, reason: String },
+    #[error("proxy {proxy}: TLS: {reason}")]
+    Tls { proxy: String, reason: String },
     #[error("proxy {proxy}: connection lost during handshake: {source}")]
     Io { proxy: String, source: std::io::Error },
 }
@@ -79,17 +85,25 @@ fn is_resource_shortage(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// A proxy with its resolved credentials.
+/// A proxy with its resolved credentials and, for an `https://` proxy,
+/// the TLS trust it is checked against (or why that could not be built).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub entry: ProxyEntry,
     pub creds: Option<Creds>,
+    tls: Option<Result<fetch::Tls, String>>,
+}
+
+/// The TLS trust of an `https://` proxy: the system's roots plus its
+/// `ca_file`. None for other schemes; Err names the file and the fault.
+pub fn proxy_tls(entry: &ProxyEntry) -> Option<Result<fetch::Tls, String>> {
+    (entry.scheme == Scheme::Https).then(|| fetch::Tls::new(entry.ca_file.as_deref()))
 }
 
 /// A connected, handshaken stream, plus bytes that arrived after the
 /// proxy's reply (they belong to the relay).
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: ProxyStream,
     pub leftover: Vec<u8>,
     /// How long the TCP connect to the proxy took, then its handshake.
     pub connect_time: std::time::Duration,
@@ -105,13 +119,28 @@ pub struct Associated {
 }
 
 impl Upstream {
+    pub fn new(entry: ProxyEntry, creds: Option<Creds>) -> Upstream {
+        let tls = proxy_tls(&entry);
+        Upstream { entry, creds, tls }
+    }
+
     pub fn name(&self) -> String {
         self.entry.display_name()
     }
 
-    /// A TCP connection to the proxy itself (no handshake), then closed.
+    /// A TCP connection to the proxy itself (no proxy handshake; for an
+    /// `https://` proxy, the TLS session too: its certificate is checked),
+    /// then closed.
     pub async fn reach(&self) -> Result<(), ProxyError> {
-        self.open().await.map(drop)
+        let stream = self.open().await?;
+        let Some(tls) = &self.tls else { return Ok(()) };
+        let proxy = self.name();
+        let tls = tls.as_ref().map_err(|reason| ProxyError::Tls { proxy: proxy.clone(), reason: reason.clone() })?;
+        let timeout = self.entry.handshake_timeout;
+        match tokio::time::timeout(timeout, self.tls_session(tls, stream)).await {
+            Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout }),
+            Ok(r) => r.map(drop),
+        }
     }
 
     async fn open(&self) -> Result<TcpStream, ProxyError> {
@@ -149,12 +178,46 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let sock = socket2_ref(&stream);
         let _ = sock.set_keepalive(true);
-        match tokio::time::timeout(e.handshake_timeout, self.handshake(stream, target)).await {
-            Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout: e.handshake_timeout }),
-            Ok(r) => {
-                r.map(|c| Connected { connect_time: connected - started, handshake_time: connected.elapsed(), ..c })
+        let handshake = async {
+            match &self.tls {
+                None => self.handshake(stream, target).await.map(|(s, leftover)| (ProxyStream::Tcp(s), leftover)),
+                Some(tls) => {
+                    let tls = tls
+                        .as_ref()
+                        .map_err(|reason| ProxyError::Tls { proxy: proxy.clone(), reason: reason.clone() })?;
+                    let s = self.tls_session(tls, stream).await?;
+                    self.handshake(s, target).await.map(|(s, leftover)| (ProxyStream::Tls(Box::new(s)), leftover))
+                }
             }
+        };
+        match tokio::time::timeout(e.handshake_timeout, handshake).await {
+            Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout: e.handshake_timeout }),
+            Ok(r) => r.map(|(stream, leftover)| Connected {
+                stream,
+                leftover,
+                connect_time: connected - started,
+                handshake_time: connected.elapsed(),
+            }),
         }
+    }
+
+    /// The TLS session with an `https://` proxy, its certificate checked
+    /// for the proxy's host name or address as the URL gives it.
+    async fn tls_session(
+        &self,
+        tls: &fetch::Tls,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let proxy = self.name();
+        let name = rustls_pki_types::ServerName::try_from(self.entry.host.clone())
+            .map_err(|e| ProxyError::Tls { proxy: proxy.clone(), reason: format!("{}: {e}", self.entry.host) })?;
+        tls.connector().connect(name, stream).await.map_err(|e| {
+            let reason = match e.get_ref() {
+                Some(inner) => inner.to_string(),
+                None => e.to_string(),
+            };
+            ProxyError::Tls { proxy, reason }
+        })
     }
 
     /// SOCKS5 UDP ASSOCIATE: the control connection (the association
@@ -208,7 +271,11 @@ impl Upstream {
         Ok(Associated { control: s, socket, relay })
     }
 
-    async fn handshake(&self, mut s: TcpStream, target: &Target) -> Result<Connected, ProxyError> {
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut s: S,
+        target: &Target,
+    ) -> Result<(S, Vec<u8>), ProxyError> {
         let proxy = self.name();
         let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
         let creds = self.creds.as_ref().map(|c| (c.user.expose(), c.pass.expose()));
@@ -227,29 +294,20 @@ impl Upstream {
                         }
                         socks5::Step::Done(used) => {
                             buf.drain(..used);
-                            return Ok(Connected {
-                                stream: s,
-                                leftover: buf,
-                                connect_time: Default::default(),
-                                handshake_time: Default::default(),
-                            });
+                            return Ok((s, buf));
                         }
                     }
                     read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
                 }
             }
-            Scheme::Http => {
+            Scheme::Http | Scheme::Https => {
                 s.write_all(&http::request(target, creds)).await.map_err(io)?;
+                s.flush().await.map_err(io)?;
                 loop {
                     read_more(&mut s, &mut buf, http::MAX_RESPONSE_HEAD).await.map_err(io)?;
                     if let Some(used) = http::parse_response(&buf).map_err(|f| f.into_error(&proxy, target))? {
                         buf.drain(..used);
-                        return Ok(Connected {
-                            stream: s,
-                            leftover: buf,
-                            connect_time: Default::default(),
-                            handshake_time: Default::default(),
-                        });
+                        return Ok((s, buf));
                     }
                 }
             }
@@ -258,7 +316,7 @@ impl Upstream {
 }
 
 /// Reads at least one more byte into `buf`; EOF is an error here.
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
     if buf.len() >= max {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "reply too long"));
     }

@@ -299,6 +299,13 @@ pub fn check_account(a: &Account, with_env: bool) -> Vec<Problem> {
         resolve_ref(r, key.as_ref(), a.secrets_key.as_ref(), owner, field).err().map(|e| e.detail())
     };
     for (i, p) in a.proxies.iter().enumerate() {
+        if let Some(f) = &p.ca_file
+            && let Err(e) = fs::metadata(f)
+        {
+            let at = ["proxies", &format!("#{i}"), "ca_file"];
+            let message = format!("{}: {}", f.display(), io_reason(&e));
+            out.push(problem_at(&at, format!("account {}: proxies[{i}].ca_file", a.name), message));
+        }
         let user = match &p.username {
             Some(UserRef::Secret(r)) => Some(("username", r)),
             _ => None,

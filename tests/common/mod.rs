@@ -167,7 +167,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_in(ns: &str, name: &str, cmd: &str, log: &Path) -> Proc {
+pub fn spawn_in(ns: &str, name: &str, cmd: &str, log: &Path) -> Proc {
     let logf = std::fs::File::create(log).expect("log file");
     let child = Command::new("ip")
         .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])

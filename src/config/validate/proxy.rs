@@ -18,6 +18,7 @@ pub(super) const PROXY_KEYS: &[&str] = &[
     "connect_timeout",
     "handshake_timeout",
     "expected_egress_ip",
+    "ca_file",
 ];
 
 pub(super) fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyEntry> {
@@ -30,7 +31,7 @@ pub(super) fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyE
         }
         ok
     });
-    let url: Option<String> = ctx.require(m, "url", path, "socks5://host:port or http://host:port");
+    let url: Option<String> = ctx.require(m, "url", path, "socks5://host:port, http://host:port or https://host:port");
     let parsed = url.and_then(|u| match parse_proxy_url(&u) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -97,6 +98,19 @@ pub(super) fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyE
             }
         },
     };
+    let ca_file = match ctx.get::<String>(m, "ca_file", path, "a path to PEM certificates") {
+        None if m.contains_key("ca_file") => None,
+        None => Some(None),
+        Some(f) if !f.starts_with('/') => {
+            ctx.problem(&path.key("ca_file"), format!("expected an absolute path, got {f:?}"));
+            None
+        }
+        Some(_) if parsed.as_ref().is_some_and(|(s, _, _)| *s != Scheme::Https) => {
+            ctx.problem(&path.key("ca_file"), "ca_file is only used with https:// proxies (TLS to the proxy)");
+            None
+        }
+        Some(f) => Some(Some(std::path::PathBuf::from(f))),
+    };
     let (scheme, host, port) = parsed?;
     Some(ProxyEntry {
         label: label?,
@@ -110,5 +124,6 @@ pub(super) fn proxy(ctx: &mut Ctx, v: &Value, path: &FieldPath) -> Option<ProxyE
         connect_timeout: connect_timeout?,
         handshake_timeout: handshake_timeout?,
         expected_egress_ip: expected_egress_ip?,
+        ca_file: ca_file?,
     })
 }

@@ -564,3 +564,28 @@ accounts:
         );
     }
 }
+
+#[test]
+fn https_proxies_take_a_ca_file_and_other_schemes_refuse_it() {
+    assert_eq!(parse_proxy_url("https://proxy.example:8443"), Ok((Scheme::Https, "proxy.example".into(), 8443)));
+    let good = "\
+accounts:
+  - name: a
+    proxies:
+      - {label: t, url: 'https://10.0.0.7:8443', ca_file: /etc/nsproxy/proxy-ca.pem}
+      - {label: s, url: 'socks5://h:1'}
+";
+    let a = parse(good).expect("valid");
+    assert_eq!(a[0].proxies[0].scheme, Scheme::Https);
+    assert_eq!(a[0].proxies[0].endpoint(), "https://10.0.0.7:8443");
+    assert_eq!(a[0].proxies[0].ca_file.as_deref(), Some(std::path::Path::new("/etc/nsproxy/proxy-ca.pem")));
+    for (bad, want) in [
+        ("'https://10.0.0.7:8443', ca_file: rel.pem", "proxies[0].ca_file: expected an absolute path"),
+        ("'http://10.0.0.7:8443', ca_file: /ca.pem", "proxies[0].ca_file: ca_file is only used with https:// proxies"),
+        ("'ftp://10.0.0.7:8443'", "https://host:port"),
+    ] {
+        let errs =
+            parse(&good.replace("'https://10.0.0.7:8443', ca_file: /etc/nsproxy/proxy-ca.pem", bad)).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains(want)), "{bad}: {errs:#?}");
+    }
+}
