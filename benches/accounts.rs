@@ -105,9 +105,10 @@ fn main() {
     if !common::root_or_skip("bench_accounts") {
         return;
     }
-    for tool in ["microsocks"] {
-        assert!(common::sh(&format!("command -v {tool}")).status.success(), "{tool} is not installed");
-    }
+    assert!(
+        common::sh("command -v microsocks").status.success(),
+        "microsocks is not installed (scripts/install-deps.sh)"
+    );
     let tag = common::unique("ab");
     let dir = std::env::temp_dir().join(format!("nsproxy-bench-{tag}"));
     let policies = dir.join("policies");

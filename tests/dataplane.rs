@@ -355,7 +355,7 @@ fn thousand_sequential_and_five_hundred_parallel_connections() {
     let o = a.python(MANY, &format!("{HOSTNAME} 1000 {par} {}", 20 * scale));
     assert_eq!(out(&o), format!("sequential 1000\nparallel {par}\n"), "{}", err(&o));
     eprintln!("1000 sequential + {par} parallel in {:?}", t.elapsed());
-    // stats.json is a snapshot refreshed twice a second: wait for the final one.
+    // The counters, asked of the daemon: the last flows are reaped shortly.
     wait_until("every flow counted and reaped", Duration::from_secs(15), || {
         let s = a.stats();
         s["flows_opened"] == 1000 + par as u64 && s["flows_active"] == 0 && s["flows_pending"] == 0

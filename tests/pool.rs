@@ -306,7 +306,7 @@ fn check_rules(topo: &Topology, a: &Account) {
     println!("blocked domain: {}", e.trim());
     assert_eq!(topo.origin_clients().len(), before, "the blocked request never reached the origin");
     assert!(a.log().contains("blocked by rule #1"), "refusal logged:\n{}", a.log());
-    wait_until("refusal counted in stats.json", Duration::from_secs(3), || {
+    wait_until("refusal counted in the stats", Duration::from_secs(3), || {
         a.stats()["flows_refused_rule"].as_u64().unwrap_or(0) >= 1
     });
     assert!(!topo.leaked());
@@ -351,7 +351,7 @@ fn all_proxies_down_refuses_fast_and_recovers() {
     assert!(!o.status.success());
     assert!(took < Duration::from_secs(3), "refused fast, not after a timeout: {took:?}");
     assert!(a.log().contains("EVERY PROXY IS UNUSABLE"), "logged loudly:\n{}", a.log());
-    wait_until("refusal counted in stats.json", Duration::from_secs(3), || {
+    wait_until("refusal counted in the stats", Duration::from_secs(3), || {
         a.stats()["flows_refused_no_proxy"].as_u64().unwrap_or(0) >= 1
     });
     assert!(!topo.leaked());

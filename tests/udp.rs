@@ -83,7 +83,7 @@ fn ten_thousand_datagrams_through_dante_arrive_intact_from_the_proxys_address() 
     assert!(!clients.is_empty(), "the origin's UDP echo saw nobody");
     assert!(clients.iter().all(|c| *c == topo.proxies[0].egress.to_string()), "only the proxy's egress: {clients:?}");
     assert!(!topo.leaked(), "the origin saw the host");
-    // stats.json is refreshed every 0.5 s.
+    // The counters, asked of the daemon (the last datagrams may be in flight).
     wait_until("the counters", Duration::from_secs(5), || {
         a.status_json()["stats"]["udp_datagrams_down"].as_u64().unwrap_or(0) >= 10000
     });

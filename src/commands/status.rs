@@ -12,8 +12,10 @@ use super::{host, require_root};
 use crate::config::{self, plan};
 use crate::host::rundir::{self, RunDir};
 use crate::host::{Host, Paths};
+use crate::published::control::Request;
 use crate::published::pool::{Record, State};
 use crate::published::stats::Snapshot;
+use std::time::Duration;
 
 /// One pool member as `status` shows it.
 #[derive(Debug, Serialize)]
@@ -92,7 +94,39 @@ pub struct AccountStatus {
     pub containers: Vec<crate::published::containers::Attachment>,
 }
 
-fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::Account>) -> AccountStatus {
+/// The status of each account, with what is looked up on the host done
+/// once for all of them (one pass over /proc for the programs, one thread
+/// entering each namespace for the TUNs, one read of the containers'
+/// records): `status` of a thousand accounts stays well under a second.
+fn account_statuses(host: &dyn Host, accounts: &[(&str, Option<&config::Account>)]) -> Vec<AccountStatus> {
+    let firsts: Vec<First> = accounts.iter().map(|(name, from_policy)| first_look(host, name, *from_policy)).collect();
+    let live: Vec<String> = firsts.iter().filter(|f| f.ns_exists).map(|f| f.namespace.clone()).collect();
+    let (mut tuns, mut programs) = (host.tuns_present(&live).into_iter(), host.netns_program_counts(&live).into_iter());
+    let mut containers = rundir::attachments(host.paths(), None);
+    firsts
+        .into_iter()
+        .zip(accounts)
+        .map(|(f, (name, from_policy))| {
+            let (tun, progs) =
+                if f.ns_exists { (tuns.next().unwrap_or(false), programs.next().unwrap_or(0)) } else { (false, 0) };
+            let (mine, rest): (Vec<_>, Vec<_>) = containers.drain(..).partition(|c| c.account == *name);
+            containers = rest;
+            account_status(host, f, *from_policy, tun, progs, mine)
+        })
+        .collect()
+}
+
+/// What is read of one account before the host-wide lookups.
+struct First {
+    account: String,
+    rd: RunDir,
+    state: Option<crate::published::state::State>,
+    namespace: String,
+    running: bool,
+    ns_exists: bool,
+}
+
+fn first_look(host: &dyn Host, account: &str, from_policy: Option<&config::Account>) -> First {
     let rd = RunDir::new(host.paths(), account);
     let state = rd.read_state().ok().flatten();
     let namespace = plan::namespace_of(account, state.as_ref().map(|s| s.namespace.clone()), || {
@@ -100,7 +134,20 @@ fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::A
     });
     let running = rd.daemon_alive();
     let ns_exists = host.netns_exists(&namespace);
-    let tun = ns_exists && host.tun_present(&namespace);
+    First { account: account.into(), rd, state, namespace, running, ns_exists }
+}
+
+fn account_status(
+    host: &dyn Host,
+    f: First,
+    from_policy: Option<&config::Account>,
+    tun: bool,
+    programs: usize,
+    containers: Vec<crate::published::containers::Attachment>,
+) -> AccountStatus {
+    let First { account, rd, state, namespace, running, ns_exists } = f;
+    let account = account.as_str();
+    let tun = ns_exists && tun;
     let st = match (running, ns_exists, tun) {
         (true, true, true) => "up",
         (false, false, _) => "down",
@@ -117,7 +164,7 @@ fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::A
         daemon_running: running,
         namespace_exists: ns_exists,
         tun_present: tun,
-        programs: if ns_exists { host.netns_pids(&namespace).len() } else { 0 },
+        programs,
         proxy: active
             .map(|p| format!("{} ({})", p.label, p.endpoint))
             .or_else(|| state.as_ref().map(|s| s.proxy.clone()).filter(|p| !p.is_empty())),
@@ -125,28 +172,34 @@ fn account_status(host: &dyn Host, account: &str, from_policy: Option<&config::A
             .as_ref()
             .map(|s| s.policy.display().to_string())
             .or_else(|| from_policy.map(|a| a.origin.file.display().to_string())),
-        stats: if running {
-            std::fs::read(rd.stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok())
-        } else {
-            None
-        },
+        stats: if running { live_stats(&rd) } else { None },
         namespace,
         pool,
         pool_error,
-        containers: rundir::attachments(host.paths(), Some(account)),
+        containers,
+    }
+}
+
+/// A running daemon's counters, asked over its control socket (an idle
+/// daemon publishes nothing on a timer); a daemon that does not answer in
+/// a second: the last `stats.json` it wrote, if any.
+fn live_stats(rd: &RunDir) -> Option<Snapshot> {
+    let asked = super::control::call(&rd.ctl_path(), &Request::Stats, Duration::from_secs(1));
+    match asked {
+        Ok(r) if r.ok => serde_json::from_value(r.data).ok(),
+        _ => std::fs::read(rd.stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
     }
 }
 
 fn all_status(host: &dyn Host, policy: &config::Policy) -> Vec<AccountStatus> {
     let from_policy = policy.load().unwrap_or_default();
-    let mut names: Vec<String> = from_policy.iter().map(|a| a.name.clone()).collect();
-    for n in rundir::accounts_with_rundir(host.paths()) {
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    names.sort();
-    names.iter().map(|n| account_status(host, n, from_policy.iter().find(|a| &a.name == n))).collect()
+    let mut names: std::collections::BTreeSet<String> = from_policy.iter().map(|a| a.name.clone()).collect();
+    names.extend(rundir::accounts_with_rundir(host.paths()));
+    let by_name: std::collections::HashMap<&str, &config::Account> =
+        from_policy.iter().map(|a| (a.name.as_str(), a)).collect();
+    let accounts: Vec<(&str, Option<&config::Account>)> =
+        names.iter().map(|n| (n.as_str(), by_name.get(n.as_str()).copied())).collect();
+    account_statuses(host, &accounts)
 }
 
 pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> anyhow::Result<()> {
@@ -158,7 +211,7 @@ pub fn status(policy: &config::Policy, account: Option<&str>, json: bool) -> any
             if p.is_none() && !RunDir::new(host.paths(), a).exists() {
                 bail!("unknown account {a:?}: not in policy {} and not up", policy.path.display());
             }
-            vec![account_status(&host, a, p.as_ref())]
+            account_statuses(&host, &[(a, p.as_ref())])
         }
         None => all_status(&host, policy),
     };

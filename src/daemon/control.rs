@@ -48,11 +48,20 @@ pub async fn dispatch(
     mut calls: mpsc::Receiver<Call>,
     orders: mpsc::Sender<OrderCall>,
     containers: mpsc::Sender<super::containers::Call>,
+    stats: super::publish::Live,
     account: String,
 ) {
     use super::containers::Order as C;
     while let Some((req, reply)) = calls.recv().await {
         let order = match req {
+            Request::Stats => {
+                let resp = match stats.snapshot() {
+                    Some(s) => Response::ok("stats", serde_json::to_value(s).unwrap_or_default()),
+                    None => Response::err("the data plane is not running yet"),
+                };
+                let _ = reply.send(resp);
+                continue;
+            }
             Request::Attach { container, netns, ifname } => {
                 let _ = containers.send((C::Attach { container, netns, ifname }, reply)).await;
                 continue;

@@ -189,24 +189,28 @@ impl AccountPlan {
         Ok(())
     }
 
-    /// SIGTERM, 5 s, SIGKILL, 3 s.
+    /// SIGTERM, 5 s, SIGKILL, 3 s. The daemon is gone when its lock is
+    /// free; looked at every millisecond at first (an idle daemon stops in
+    /// a few), backing off to every 20 ms.
     fn stop_daemon(&self, host: &dyn Host) -> Result<(), String> {
         let rd = &self.run;
         if !rd.daemon_alive() {
             return Ok(());
         }
+        let wait = |limit: Duration| {
+            let deadline = Instant::now() + limit;
+            let mut step = Duration::from_millis(1);
+            while rd.daemon_alive() && Instant::now() < deadline {
+                std::thread::sleep(step);
+                step = (step * 2).min(Duration::from_millis(20));
+            }
+        };
         if let Some(pid) = rd.read_pid() {
             host.signal(pid, Some(Signal::SIGTERM));
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while rd.daemon_alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait(Duration::from_secs(5));
             if rd.daemon_alive() {
                 host.signal(pid, Some(Signal::SIGKILL));
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while rd.daemon_alive() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                wait(Duration::from_secs(3));
             }
         }
         if rd.daemon_alive() {

@@ -1,10 +1,10 @@
-//! What the daemon publishes while it runs: `stats.json` (refreshed when it
-//! changes, at most every 0.5 s, and once more at the end) and the figures
-//! behind the metrics.
+//! What the daemon publishes: its counters on request while it runs (the
+//! control socket's `stats`, for `status`: no timer wakes an idle daemon),
+//! `stats.json` once it stops (the last figures, for `status` after), and
+//! the figures behind the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,21 +26,34 @@ fn write(rundir: &RunDir, snap: &Snapshot) {
     }
 }
 
-/// Publishes `stats.json` until `stop`, then once more.
-pub async fn stats(pool: Arc<PoolHandle>, dp: Observer, rundir: RunDir, stop: CancellationToken) {
-    let mut last = None;
-    loop {
-        let snap = snapshot(&pool, &dp);
-        if last.as_ref() != Some(&snap) {
-            write(&rundir, &snap);
-            last = Some(snap);
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+/// The counters of a running account, once its data plane exists.
+#[derive(Clone)]
+pub struct Live {
+    pool: Arc<PoolHandle>,
+    dp: Arc<std::sync::OnceLock<Observer>>,
+}
+
+impl Live {
+    pub fn new(pool: Arc<PoolHandle>) -> Live {
+        Live { pool, dp: Arc::default() }
     }
-    write(&rundir, &snapshot(&pool, &dp));
+
+    /// The data plane is built: its counters can be read.
+    pub fn set(&self, dp: Observer) {
+        let _ = self.dp.set(dp);
+    }
+
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.dp.get().map(|dp| snapshot(&self.pool, dp))
+    }
+}
+
+/// Writes `stats.json` when `stop` is cancelled (the figures at the end).
+pub async fn stats(live: Live, rundir: RunDir, stop: CancellationToken) {
+    stop.cancelled().await;
+    if let Some(snap) = live.snapshot() {
+        write(&rundir, &snap);
+    }
 }
 
 /// The current figures of a running account.

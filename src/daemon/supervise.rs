@@ -58,6 +58,10 @@ pub fn serve(host: &dyn Host, s: Started, progress: impl FnMut(Progress)) -> any
         .build()
         .with_context(|| format!("account {name}: cannot start runtime"))?;
     let plan = s.plan.clone();
+    // A second descriptor of the TUN, closed after the lock: the last close
+    // of a TUN unregisters its device, which waits for an RCU grace period
+    // (~30 ms); `down` waits for the lock, not for that.
+    let hold = s.tun.try_clone().ok();
     let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (res, claim) = rt.block_on(async {
         tracing::info!(account = %name, namespace = %s.account.namespace, pid = std::process::id(), "daemon ready");
@@ -80,6 +84,7 @@ pub fn serve(host: &dyn Host, s: Started, progress: impl FnMut(Progress)) -> any
     // The lock goes last: a daemon started after this one must find its
     // own pid file untouched.
     drop(claim);
+    drop(hold);
     res
 }
 
@@ -134,7 +139,11 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     let (orders_tx, orders_rx) = mpsc::channel(16);
     let (containers_tx, containers_rx) = mpsc::channel(16);
     services.spawn(until(services_stop.clone(), control::serve(listener, calls_tx, name.clone())));
-    services.spawn(until(services_stop.clone(), control::dispatch(calls_rx, orders_tx, containers_tx, name.clone())));
+    let live = publish::Live::new(pool.clone());
+    services.spawn(until(
+        services_stop.clone(),
+        control::dispatch(calls_rx, orders_tx, containers_tx, live.clone(), name.clone()),
+    ));
 
     // Fleet mode: the service's member and its feedback queue.
     let fleet = match (fleet, &account.external_service) {
@@ -211,7 +220,8 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     };
     services.spawn(containers::serve(attached, containers_rx));
     let observer = dp.observer();
-    services.spawn(publish::stats(pool.clone(), observer.clone(), plan.run.clone(), services_stop.clone()));
+    live.set(observer.clone());
+    services.spawn(publish::stats(live, plan.run.clone(), services_stop.clone()));
     if let Some(listen) = account.metrics.clone() {
         let shown = match &listen {
             MetricsListen::Tcp(a) => a.to_string(),

@@ -144,6 +144,14 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> 
     }
 }
 
+/// `tun_present` for many namespaces, entered in turn by one thread.
+pub fn tuns_present(paths: &Paths, namespaces: &[String]) -> Vec<bool> {
+    super::netns::run_in_each(paths, namespaces, || nix::net::if_::if_nametoindex(plan::TUN_NAME).is_ok())
+        .into_iter()
+        .map(|p| p.unwrap_or(false))
+        .collect()
+}
+
 /// Whether `tun0` exists in the namespace (for `status`).
 pub fn tun_present(paths: &Paths, namespace: &str) -> bool {
     super::netns::run_in(paths, namespace, || nix::net::if_::if_nametoindex(plan::TUN_NAME).is_ok()).unwrap_or(false)

@@ -56,6 +56,14 @@ pub trait Host {
     fn tun_create(&self, plan: &TunPlan) -> Result<OwnedFd, HostError>;
     /// Whether the TUN is in the namespace.
     fn tun_present(&self, ns: &str) -> bool;
+    /// `netns_pids(ns).len()` for each of many namespaces.
+    fn netns_program_counts(&self, namespaces: &[String]) -> Vec<usize> {
+        namespaces.iter().map(|n| self.netns_pids(n).len()).collect()
+    }
+    /// `tun_present` for each of many namespaces.
+    fn tuns_present(&self, namespaces: &[String]) -> Vec<bool> {
+        namespaces.iter().map(|n| self.tun_present(n)).collect()
+    }
     /// Sends `sig` to `pid` (None: only checks that it exists); true when
     /// the process exists.
     fn signal(&self, pid: i32, sig: Option<Signal>) -> bool;
@@ -105,6 +113,12 @@ impl Host for Linux {
     }
     fn tun_present(&self, ns: &str) -> bool {
         link::tun_present(&self.paths, ns)
+    }
+    fn netns_program_counts(&self, namespaces: &[String]) -> Vec<usize> {
+        netns::program_counts(&self.paths, namespaces)
+    }
+    fn tuns_present(&self, namespaces: &[String]) -> Vec<bool> {
+        link::tuns_present(&self.paths, namespaces)
     }
     fn signal(&self, pid: i32, sig: Option<Signal>) -> bool {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()

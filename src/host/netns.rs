@@ -142,3 +142,58 @@ pub fn pids_in(paths: &Paths, name: &str) -> Vec<i32> {
     pids.sort();
     pids
 }
+
+/// How many processes (this one excluded) each namespace of `names` holds,
+/// from one pass over /proc (`status` of many accounts).
+pub fn program_counts(paths: &Paths, names: &[String]) -> Vec<usize> {
+    let mut counts = vec![0; names.len()];
+    let mut index: std::collections::HashMap<(u64, u64), Vec<usize>> = std::collections::HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        if let Ok(id) = ns_id(&paths.netns(n)) {
+            index.entry(id).or_default().push(i);
+        }
+    }
+    if index.is_empty() {
+        return counts;
+    }
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return counts };
+    for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter(|&p| p != me) {
+        if let Ok(id) = ns_id(Path::new(&format!("/proc/{pid}/ns/net")))
+            && let Some(v) = index.get(&id)
+        {
+            for &i in v {
+                counts[i] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// `f` inside each live namespace of `names` in turn, on one fresh thread
+/// that exits afterwards; None for a namespace that is missing or cannot
+/// be entered.
+pub fn run_in_each<T, F>(paths: &Paths, names: &[String], f: F) -> Vec<Option<T>>
+where
+    T: Send + 'static,
+    F: Fn() -> T + Send + 'static,
+{
+    let files: Vec<Option<File>> =
+        names.iter().map(|n| if exists(paths, n) { File::open(paths.netns(n)).ok() } else { None }).collect();
+    let n = files.len();
+    std::thread::Builder::new()
+        .name("netns-each".into())
+        .spawn(move || {
+            files
+                .into_iter()
+                .map(|file| {
+                    let file = file?;
+                    setns(&file, CloneFlags::CLONE_NEWNET).ok()?;
+                    Some(f())
+                })
+                .collect::<Vec<_>>()
+        })
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or_else(|| (0..n).map(|_| None).collect())
+}

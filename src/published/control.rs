@@ -27,6 +27,9 @@ pub enum Request {
     },
     /// Health and egress check of the active proxy now.
     Check,
+    /// The daemon's counters now (`status`): answered with the snapshot
+    /// that `stats.json` holds once the daemon has stopped.
+    Stats,
     /// Lift the burn of one proxy.
     Unburn { label: String },
     /// A container joins the account (the CNI plugin's ADD): the daemon

@@ -232,11 +232,11 @@ impl Account {
             .unwrap_or_default()
     }
 
+    /// The daemon's counters now, as `status --json` shows them (asked
+    /// of the running daemon; `stats.json` after it stopped).
     pub fn stats(&self) -> serde_json::Value {
-        std::fs::read_to_string(format!("/run/nsproxy/{}/stats.json", self.name))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
+        let o = self.cmd(&["status", &self.name, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out(&o)).map(|v| v[0]["stats"].clone()).unwrap_or_default()
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
