@@ -322,3 +322,40 @@ fn sighup_is_a_failure_exit_and_sigterm_a_clean_one_in_the_foreground() {
     assert!(a.down().status.success());
     nothing_left(&a);
 }
+
+#[test]
+fn two_accounts_naming_one_namespace_in_two_files_are_refused_at_the_second_up() {
+    if !root_or_skip("namespace_clash_across_files") {
+        return;
+    }
+    let tag = unique("nc");
+    let dir = std::env::temp_dir().join(format!("nsproxy-{tag}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (a, b) = (format!("{tag}a"), format!("{tag}b"));
+    let proxy = "    proxies: [{label: p, url: 'socks5://127.0.0.1:9'}]\n";
+    // One namespace, named in both files (neither file names the other
+    // account, so `up` of each reads its own file only).
+    let ns = format!("sh-{tag}");
+    for (file, name) in [("a.yaml", &a), ("b.yaml", &b)] {
+        std::fs::write(dir.join(file), format!("accounts:\n  - name: {name}\n    namespace: {ns}\n{proxy}"))
+            .expect("write");
+    }
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(BIN).arg("--policies").arg(&dir).args(args).output().expect("nsproxy");
+        (o.status.code(), format!("{}{}", out(&o), err(&o)))
+    };
+    let (code, said) = run(&["up", &a]);
+    assert_eq!(code, Some(4), "{a} is up with no usable proxy: {said}");
+    let (code, said) = run(&["up", &b]);
+    println!("second up: {said}");
+    assert!(code != Some(0) && said.contains(&format!("belongs to account {a}, which is running")), "{said}");
+    assert!(!std::path::Path::new(&format!("/run/nsproxy/{b}/daemon.pid")).exists(), "no daemon for {b}");
+    assert!(std::path::Path::new(&format!("/run/nsproxy/{a}/daemon.pid")).exists() && ns_exists(&ns), "{a} untouched");
+    let (code, said) = run(&["policy", "check"]);
+    assert!(code != Some(0) && said.contains("is also used by account"), "policy check sees both files: {said}");
+    let (code, said) = run(&["down", &a, "--kill"]);
+    assert_eq!(code, Some(0), "{said}");
+    let _ = run(&["down", &b]);
+    assert!(!ns_exists(&ns), "nothing left");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -143,3 +143,36 @@ fn credential_problems_name_their_line_and_invalid_policies_exit_3() {
     assert_eq!(o.status.code(), Some(3), "an unknown account is a policy problem: {err}");
     assert!(err.contains("no account named \"b\""), "{err}");
 }
+
+#[test]
+fn one_account_of_a_directory_is_loaded_from_its_own_files_only() {
+    let dir = std::env::temp_dir().join(format!("nsproxy-scoped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let account =
+        |n: &str| format!("accounts:\n  - name: {n}\n    proxies: [{{label: p, url: 'socks5://127.0.0.1:1080'}}]\n");
+    std::fs::write(dir.join("alpha.yaml"), account("alpha")).expect("write");
+    std::fs::write(dir.join("beta.yaml"), account("beta")).expect("write");
+    // Another account's file is broken: alpha and beta still load.
+    std::fs::write(dir.join("gamma.yaml"), "accounts:\n  - name: gamma\n    proxies: [{label: p, url: 'ftp://x:1'}]\n")
+        .expect("write");
+    let ov = Default::default();
+    for n in ["alpha", "beta"] {
+        let got = nsproxy::config::select(&dir, &ov, Some(n)).unwrap_or_else(|e| panic!("{n}: {e:#}"));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, n);
+    }
+    // The broken one, and the whole directory, say what is wrong and where.
+    for only in [Some("gamma"), None] {
+        let e = format!("{:#}", nsproxy::config::select(&dir, &ov, only).unwrap_err());
+        assert!(e.contains("gamma.yaml") && e.contains("unsupported proxy scheme"), "{only:?}: {e}");
+    }
+    // An unknown name: the full load's error, with the names there.
+    let e = format!("{:#}", nsproxy::config::select(&dir, &ov, Some("alhpa")).unwrap_err());
+    assert!(e.contains("no account named \"alhpa\"") || e.contains("gamma.yaml"), "{e}");
+    // A second definition in another file is still found.
+    std::fs::write(dir.join("gamma.yaml"), account("alpha")).expect("write");
+    let e = format!("{:#}", nsproxy::config::select(&dir, &ov, Some("alpha")).unwrap_err());
+    assert!(e.contains("duplicate account name \"alpha\""), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

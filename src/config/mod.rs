@@ -171,6 +171,11 @@ pub fn load_account(path: &Path, ov: &Overrides, name: &str) -> Result<Account, 
 /// invalid policy or an unknown name is an `Invalid` error.
 pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Account>, anyhow::Error> {
     let invalid = |m: String| anyhow::Error::new(Invalid(m));
+    if let Some(name) = only
+        && let Some(found) = load_named(path, ov, name)?
+    {
+        return Ok(vec![found]);
+    }
     let accounts = load(path, ov).map_err(|p| invalid(format!("policy {} is invalid:\n{p}", path.display())))?;
     let Some(name) = only else { return Ok(accounts) };
     let known: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
@@ -183,6 +188,55 @@ pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Acc
         ))
     })?;
     Ok(vec![found])
+}
+
+/// One account out of a policy directory, reading every file but parsing
+/// only those whose text holds the account's name (so `up` costs the same
+/// with a thousand accounts as with one, and another account's broken file
+/// does not keep this one down). Two files defining the name both hold it,
+/// so duplicates are still found; a namespace shared with an account of
+/// another file is refused when the daemon claims it. None: no shortcut
+/// here (a single file, overrides aimed elsewhere, the name not found):
+/// the caller loads everything, and its errors name what is wrong.
+fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>, anyhow::Error> {
+    if !ov.problems.is_empty()
+        || ov.items.iter().any(|o| {
+            o.path.first().map(String::as_str) != Some("accounts") || o.path.get(1).map(String::as_str) != Some(name)
+        })
+    {
+        return Ok(None);
+    }
+    let Ok(files) = policy_files(path) else { return Ok(None) };
+    if files.len() < 2 {
+        return Ok(None);
+    }
+    let mut accounts = Vec::new();
+    let mut problems = Vec::new();
+    let mut reached = vec![false; ov.items.len()];
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
+        if !text.contains(name) {
+            continue;
+        }
+        let (mut a, mut p, r) = validate::parse_one(&file, &text, ov);
+        accounts.append(&mut a);
+        problems.append(&mut p);
+        reached.iter_mut().zip(r).for_each(|(x, y)| *x |= y);
+    }
+    if reached.iter().any(|r| !r) {
+        return Ok(None);
+    }
+    validate::check_unique(&accounts, &mut problems);
+    if !problems.is_empty() {
+        problems
+            .sort_by(|a, b| a.file.cmp(&b.file).then(a.line.unwrap_or(usize::MAX).cmp(&b.line.unwrap_or(usize::MAX))));
+        return Err(anyhow::Error::new(Invalid(format!(
+            "policy {} is invalid:\n{}",
+            path.display(),
+            Problems(problems)
+        ))));
+    }
+    Ok(accounts.into_iter().find(|a| a.name == name))
 }
 
 /// Where a command's policy comes from: the files under `path`, then the

@@ -114,6 +114,20 @@ impl AccountPlan {
             claim.created.push(Resource::Namespace);
             tracing::info!(account = %a, namespace = %ns, "namespace created");
         } else {
+            // Left by this account's last daemon, or another account's
+            // running one (policy files load one account at a time, so a
+            // namespace named twice is caught here).
+            for other in crate::host::rundir::accounts_with_rundir(host.paths()) {
+                let rd = RunDir::new(host.paths(), &other);
+                if other != *a
+                    && rd.read_state().ok().flatten().is_some_and(|s| s.namespace == *ns)
+                    && rd.daemon_alive()
+                {
+                    bail!(
+                        "account {a}: namespace {ns} belongs to account {other}, which is running: give each account its own namespace"
+                    );
+                }
+            }
             tracing::info!(account = %a, namespace = %ns, "namespace reused");
         }
         if host.etc_netns_write(ns, self.dns).with_context(|| format!("account {a}"))? {
