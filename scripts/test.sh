@@ -14,6 +14,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # The benchmark's smoke run (1 round, 1 s) so it does not rot; figures in
 # docs/performance.md come from `cargo bench --bench proxy`.
 cargo test --locked --bench proxy
+# The many-accounts benchmark's small run (50 accounts up, idle, status,
+# list, down); the 1,000-account figures come from `cargo bench --bench accounts`.
+cargo test --locked --bench accounts
 # Every test binary runs even after one failed, so a red run shows all
 # that is wrong (the exit status is still the failure).
 cargo test --locked --no-fail-fast --lib --bins --tests
