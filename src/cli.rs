@@ -78,6 +78,11 @@ const STATUS_EXAMPLES: &str = "Examples:
   sudo nsproxy status
   sudo nsproxy status account-a --json | jq .pool";
 
+const METRICS_EXAMPLES: &str = "Examples:
+  sudo nsproxy metrics | grep nsproxy_flows_active
+  sudo nsproxy metrics --listen 127.0.0.1:9464
+  sudo nsproxy metrics --listen unix:/run/nsproxy-metrics.sock";
+
 const ROTATE_EXAMPLES: &str = "Examples:
   sudo nsproxy rotate account-a                  # the next usable proxy by priority
   sudo nsproxy rotate account-a --to res-nl-2
@@ -224,6 +229,15 @@ pub enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Every running account's metrics (Prometheus text format) in one
+    /// exposition, asked of the daemons: printed once, or served on one
+    /// address with --listen.
+    #[command(after_help = METRICS_EXAMPLES)]
+    Metrics {
+        /// Serve on this address (host:port, or unix:/absolute/path) instead of printing once.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Policy files.
     Policy {

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Command::Down { account, kill } => commands::down(&policy, account, *kill),
         Command::Status { account, json } => commands::status(&policy, account.as_deref(), *json),
         Command::List { json } => commands::list(&policy, *json),
+        Command::Metrics { listen } => commands::metrics(listen.as_deref()),
         Command::Rotate { account, to, burn, burn_for, reset_flows, json } => {
             let r = commands::RotateArgs {
                 to: to.clone(),

@@ -226,6 +226,55 @@ pub fn render(f: &Figures) -> String {
     o
 }
 
+/// Several accounts' expositions as one: each family's HELP and TYPE once,
+/// then its samples from every account in turn (the text format refuses a
+/// family announced twice). Every sample carries its `account` label, so
+/// none collide. `scraped` adds `nsproxy_account_scraped` (1: the account's
+/// daemon answered, 0: it did not, its figures are missing).
+pub fn merge(expositions: &[String], scraped: &[(String, bool)]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> = Default::default();
+    for text in expositions {
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                let fam = families.entry(name.clone()).or_insert_with(|| {
+                    order.push(name.clone());
+                    Default::default()
+                });
+                // The first account's HELP and TYPE stand for all.
+                let kind = &line[..6];
+                if !fam.0.iter().any(|h| h.starts_with(kind)) {
+                    fam.0.push(line.to_string());
+                }
+                current = Some(name);
+            } else if !line.is_empty()
+                && !line.starts_with('#')
+                && let Some(fam) = current.as_ref().and_then(|c| families.get_mut(c))
+            {
+                fam.1.push(line.to_string());
+            }
+        }
+    }
+    let mut o = String::new();
+    for name in &order {
+        let (head, samples) = &families[name];
+        for l in head.iter().chain(samples) {
+            o.push_str(l);
+            o.push('\n');
+        }
+    }
+    if !scraped.is_empty() {
+        o.push_str("# HELP nsproxy_account_scraped 1 if the account's daemon answered this scrape, 0 if not.\n");
+        o.push_str("# TYPE nsproxy_account_scraped gauge\n");
+        for (a, ok) in scraped {
+            let _ = writeln!(o, "nsproxy_account_scraped{{account=\"{}\"}} {}", esc(a), u8::from(*ok));
+        }
+    }
+    o
+}
+
 /// Answers one HTTP request (any path) with `body`; the request head is
 /// read with a size cap and a deadline.
 pub async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, body: impl FnOnce() -> String) {
@@ -370,5 +419,38 @@ mod tests {
             assert!(t.contains(&format!("# TYPE {family} ")), "{name} has no TYPE");
         }
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn accounts_merge_into_one_exposition_with_each_family_once() {
+        let one = |a: &str, flows: u64| {
+            render(&Figures {
+                account: a.into(),
+                dns_mode: "fake-ip".into(),
+                stats: Snapshot { flows_opened: flows, ..Default::default() },
+                proxies: vec![ProxyFigures {
+                    label: "p".into(),
+                    endpoint: "socks5://h:1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        };
+        let (a, b) = (one("a", 1), one("b", 2));
+        let m = merge(&[a.clone(), b], &[("a".into(), true), ("b".into(), true), ("c".into(), false)]);
+        assert_eq!(m.matches("# TYPE nsproxy_flows_opened_total counter").count(), 1, "{m}");
+        assert_eq!(m.matches("# HELP nsproxy_flows_opened_total ").count(), 1);
+        assert!(
+            m.contains("nsproxy_flows_opened_total{account=\"a\"} 1\nnsproxy_flows_opened_total{account=\"b\"} 2\n")
+        );
+        assert!(m.contains("nsproxy_account_scraped{account=\"c\"} 0"));
+        // Every sample of one account survives, in its family.
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&m), 2 * samples(&a) + 3);
+        // A family's samples follow its own TYPE line.
+        let t = m.find("# TYPE nsproxy_bytes_total").unwrap();
+        let next = m[t + 1..].find("# HELP").map(|i| i + t + 1).unwrap_or(m.len());
+        assert_eq!(m[t..next].matches("nsproxy_bytes_total{").count(), 4, "{}", &m[t..next]);
+        assert_eq!(merge(&[], &[]), "");
     }
 }

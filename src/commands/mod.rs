@@ -1,10 +1,12 @@
 //! The CLI's commands, one file each: `up`, `down`, `status`/`list`,
-//! `rotate`/`check` (control), `policy check`/`show`, `secret`, `exec`.
+//! `rotate`/`check` (control), `policy check`/`show`, `secret`, `exec`,
+//! `metrics` (every account's, on one endpoint), `cni` (the plugin).
 
 pub mod cni;
 pub mod control;
 pub mod down;
 pub mod exec;
+pub mod metrics;
 pub mod policy;
 pub mod secret;
 pub mod status;
@@ -14,6 +16,7 @@ use anyhow::bail;
 
 pub use control::{RotateArgs, check, rotate, unburn};
 pub use down::down;
+pub use metrics::metrics;
 pub use policy::{policy_check, policy_show};
 pub use status::{list, status};
 pub use up::{DaemonLog, up};

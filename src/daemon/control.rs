@@ -62,6 +62,14 @@ pub async fn dispatch(
                 let _ = reply.send(resp);
                 continue;
             }
+            Request::Metrics => {
+                let resp = match stats.metrics() {
+                    Some(text) => Response::ok("metrics", serde_json::Value::String(text)),
+                    None => Response::err("the data plane is not running yet"),
+                };
+                let _ = reply.send(resp);
+                continue;
+            }
             Request::Attach { container, netns, ifname } => {
                 let _ = containers.send((C::Attach { container, netns, ifname }, reply)).await;
                 continue;

@@ -31,11 +31,17 @@ fn write(rundir: &RunDir, snap: &Snapshot) {
 pub struct Live {
     pool: Arc<PoolHandle>,
     dp: Arc<std::sync::OnceLock<Observer>>,
+    dns_mode: &'static str,
 }
 
 impl Live {
-    pub fn new(pool: Arc<PoolHandle>) -> Live {
-        Live { pool, dp: Arc::default() }
+    pub fn new(pool: Arc<PoolHandle>, dns_mode: &'static str) -> Live {
+        Live { pool, dp: Arc::default(), dns_mode }
+    }
+
+    /// The exposition the metrics listener serves.
+    pub fn metrics(&self) -> Option<String> {
+        self.dp.get().map(|dp| crate::metrics::render(&collect(&self.pool, dp, self.dns_mode)))
     }
 
     /// The data plane is built: its counters can be read.

@@ -139,7 +139,11 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     let (orders_tx, orders_rx) = mpsc::channel(16);
     let (containers_tx, containers_rx) = mpsc::channel(16);
     services.spawn(until(services_stop.clone(), control::serve(listener, calls_tx, name.clone())));
-    let live = publish::Live::new(pool.clone());
+    let mode = match account.dns.mode {
+        DnsMode::FakeIp => "fake-ip",
+        DnsMode::Tcp => "tcp",
+    };
+    let live = publish::Live::new(pool.clone(), mode);
     services.spawn(until(
         services_stop.clone(),
         control::dispatch(calls_rx, orders_tx, containers_tx, live.clone(), name.clone()),
@@ -221,7 +225,7 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     services.spawn(containers::serve(attached, containers_rx));
     let observer = dp.observer();
     live.set(observer.clone());
-    services.spawn(publish::stats(live, plan.run.clone(), services_stop.clone()));
+    services.spawn(publish::stats(live.clone(), plan.run.clone(), services_stop.clone()));
     if let Some(listen) = account.metrics.clone() {
         let shown = match &listen {
             MetricsListen::Tcp(a) => a.to_string(),
@@ -230,13 +234,8 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
         match crate::metrics::bind(&listen).await {
             Ok(l) => {
                 tracing::info!(account = %name, listen = %shown, "metrics served");
-                let mode = match account.dns.mode {
-                    DnsMode::FakeIp => "fake-ip",
-                    DnsMode::Tcp => "tcp",
-                };
-                let (pool, obs) = (pool.clone(), observer.clone());
-                let source: crate::metrics::Source =
-                    Arc::new(move || crate::metrics::render(&publish::collect(&pool, &obs, mode)));
+                let live = live.clone();
+                let source: crate::metrics::Source = Arc::new(move || live.metrics().unwrap_or_default());
                 services.spawn(until(services_stop.clone(), crate::metrics::serve(l, source)));
             }
             Err(e) => tracing::error!(account = %name, listen = %shown, error = %e, "metrics: cannot listen"),

@@ -30,6 +30,9 @@ pub enum Request {
     /// The daemon's counters now (`status`): answered with the snapshot
     /// that `stats.json` holds once the daemon has stopped.
     Stats,
+    /// The account's metrics in the Prometheus text format (`nsproxy
+    /// metrics`, which serves every account's on one endpoint).
+    Metrics,
     /// Lift the burn of one proxy.
     Unburn { label: String },
     /// A container joins the account (the CNI plugin's ADD): the daemon
