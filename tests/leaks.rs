@@ -311,12 +311,16 @@ fn no_probe_leaves_the_account_in_any_state() {
 
     let topo = &bed.topo;
     let (e1, e2) = (topo.proxies[0].egress.to_string(), topo.proxies[1].egress.to_string());
+    // With a host service listed (the one opt-in way to the host): the
+    // matrix holds with it, and only its port is reachable.
+    let db = std::net::TcpListener::bind("127.0.0.1:0").expect("db listener");
     let body = format!(
-        "    exec:\n      users: [{TEST_USER}]\n    ipv6: proxy\n    proxies:\n      - label: p1\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw0\n        priority: 10\n        connect_timeout: 1s\n        handshake_timeout: 2s\n      - label: p2\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw1\n        priority: 20\n        connect_timeout: 1s\n        handshake_timeout: 2s\n    health_check:\n      interval: 1s\n      timeout: 1s\n      target: tcp://api.exchange.test:80\n      failures_before_unhealthy: 1\n",
+        "    exec:\n      users: [{TEST_USER}]\n    ipv6: proxy\n    proxies:\n      - label: p1\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw0\n        priority: 10\n        connect_timeout: 1s\n        handshake_timeout: 2s\n      - label: p2\n        url: {}\n        username: {}\n        password_file: {{secrets}}/pw1\n        priority: 20\n        connect_timeout: 1s\n        handshake_timeout: 2s\n    health_check:\n      interval: 1s\n      timeout: 1s\n      target: tcp://api.exchange.test:80\n      failures_before_unhealthy: 1\n    host_services:\n      - {{name: db, listen: \"127.0.0.1:{}\"}}\n",
         topo.proxies[0].url(),
         topo.proxies[0].user,
         topo.proxies[1].url(),
-        topo.proxies[1].user
+        topo.proxies[1].user,
+        db.local_addr().expect("addr").port()
     );
     let a = Account::new("lk", &body);
     a.secret("pw0", &topo.proxies[0].pass);
@@ -326,6 +330,16 @@ fn no_probe_leaves_the_account_in_any_state() {
     // 1. Running.
     let seen = bed.observe("running", || probe_inside(&a, &bed));
     assert_no_leak("running", &seen);
+    let ask = |host: &str, port: u16| {
+        let o = a.run(&format!("timeout 5 /usr/bin/python3 -c \"import socket; socket.create_connection(('{host}', {port}), timeout=3); print('connected')\" 2>&1 | tail -1"));
+        out(&o).trim().to_string()
+    };
+    let port = db.local_addr().expect("addr").port();
+    assert_eq!(ask("db.host.nsproxy", port), "connected", "the listed host service");
+    for (host, p) in [("db.host.nsproxy", 1337), ("198.18.0.17", port), ("127.0.0.1", port)] {
+        let got = ask(host, p);
+        assert!(got != "connected", "{host}:{p} must be refused with host services on: {got}");
+    }
     let r = result_of(&seen.0, &format!("tcp {}:80", bed.topo.origin_addr));
     assert!(r.contains(&format!("answer {e1}")), "TCP to the origin arrives from p1's address: {r}");
 
