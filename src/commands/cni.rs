@@ -159,7 +159,7 @@ fn add(paths: &Paths, env: &Env, conf: &NetConf, policy: &config::Policy) -> Res
     };
     let path = rundir::attachment_path(paths, &env.container);
     let json = serde_json::to_vec_pretty(&record).map_err(|e| CniError::new(code::IO, e.to_string()))?;
-    rundir::write_atomic(&path, &json, 0o600).map_err(|e| CniError::new(code::IO, e.to_string()))?;
+    rundir::write_volatile(&path, &json, 0o600).map_err(|e| CniError::new(code::IO, e.to_string()))?;
     let req =
         Request::Attach { container: env.container.clone(), netns: env.netns.clone(), ifname: env.ifname.clone() };
     let resp = control::call(&rd.ctl_path(), &req, Duration::from_secs(60));

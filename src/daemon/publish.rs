@@ -22,7 +22,7 @@ fn snapshot(pool: &PoolHandle, dp: &Observer) -> Snapshot {
 
 fn write(rundir: &RunDir, snap: &Snapshot) {
     if let Ok(json) = serde_json::to_vec_pretty(snap) {
-        let _ = crate::host::rundir::write_atomic(&rundir.stats_path(), &json, 0o644);
+        let _ = crate::host::rundir::write_volatile(&rundir.stats_path(), &json, 0o644);
     }
 }
 

@@ -30,7 +30,7 @@ impl FakeDns {
             tracing::warn!(account, file = %path.display(), bad, range = %range, "skipped lines of the fake-IP table: corrupt, or from before dns.fake_ip_range moved");
         }
         // Compact: rewrite what was loaded, then append new entries.
-        let _ = crate::host::rundir::write_atomic(path, table.to_text().as_bytes(), 0o600);
+        let _ = crate::host::rundir::write_volatile(path, table.to_text().as_bytes(), 0o600);
         let log = OpenOptions::new().append(true).open(path).ok();
         if !table.is_empty() {
             tracing::info!(account, entries = table.len(), "fake-IP table restored");

@@ -139,14 +139,14 @@ impl RunDir {
     }
 
     pub fn write_pid(&self, pid: u32) -> Result<(), RunDirError> {
-        write_atomic(&self.pid_path(), format!("{pid}\n").as_bytes(), 0o644)
+        write_volatile(&self.pid_path(), format!("{pid}\n").as_bytes(), 0o644)
     }
 
     pub fn write_state(&self, s: &State) -> Result<(), RunDirError> {
         let path = self.state_path();
         let json = serde_json::to_vec_pretty(s)
             .map_err(|e| RunDirError::Write { path: path.clone(), source: io::Error::other(e) })?;
-        write_atomic(&path, &json, 0o600)
+        write_volatile(&path, &json, 0o600)
     }
 
     pub fn read_state(&self) -> Result<Option<State>, RunDirError> {
@@ -187,6 +187,26 @@ pub fn accounts_with_rundir(paths: &Paths) -> Vec<String> {
 /// half-written file; the file and then its directory are synced, so the
 /// new content survives a crash or power loss (burns survive reboots).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirError> {
+    write_replacing(path, data, mode)?;
+    let err = |source| RunDirError::Write { path: path.into(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+/// `write_atomic` without the syncs, for what does not outlive a reboot
+/// anyway (the run directory, `/etc/netns` files written at every start,
+/// the CNI records): readers still never see a half-written file, and
+/// `up` does not wait for the disk (two syncs per file cost milliseconds on
+/// ext4).
+pub fn write_volatile(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirError> {
+    write_file(path, data, mode, false)
+}
+
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirError> {
+    write_file(path, data, mode, true)
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32, sync: bool) -> Result<(), RunDirError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let err = |source| RunDirError::Write { path: path.into(), source };
     let mut f = OpenOptions::new()
@@ -197,10 +217,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RunDirErr
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(err)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    f.write_all(data).and_then(|_| if sync { f.sync_all() } else { Ok(()) }).map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)
 }
 
 /// Writes resolv.conf (nameserver = the stack's DNS address) and an
@@ -212,9 +230,9 @@ pub fn write_etc_netns(paths: &Paths, namespace: &str, dns: std::net::Ipv4Addr) 
     let created = !dir.exists();
     ensure_dir(&dir, 0o755)?;
     let resolv = format!("# written by nsproxy: DNS is answered through the account's proxy\nnameserver {dns}\n");
-    write_atomic(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644)?;
+    write_volatile(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644)?;
     let host = fs::read_to_string(&paths.host_nsswitch).unwrap_or_default();
-    write_atomic(&dir.join("nsswitch.conf"), nsswitch_for_namespace(&host).as_bytes(), 0o644)?;
+    write_volatile(&dir.join("nsswitch.conf"), nsswitch_for_namespace(&host).as_bytes(), 0o644)?;
     Ok(created)
 }
 
