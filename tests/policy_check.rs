@@ -151,28 +151,36 @@ fn one_account_of_a_directory_is_loaded_from_its_own_files_only() {
     std::fs::create_dir_all(&dir).expect("dir");
     let account =
         |n: &str| format!("accounts:\n  - name: {n}\n    proxies: [{{label: p, url: 'socks5://127.0.0.1:1080'}}]\n");
-    std::fs::write(dir.join("alpha.yaml"), account("alpha")).expect("write");
-    std::fs::write(dir.join("beta.yaml"), account("beta")).expect("write");
-    // Another account's file is broken: alpha and beta still load.
-    std::fs::write(dir.join("gamma.yaml"), "accounts:\n  - name: gamma\n    proxies: [{label: p, url: 'ftp://x:1'}]\n")
-        .expect("write");
+    let broken = "accounts:\n  - name: gamma\n    proxies: [{label: p, url: 'ftp://x:1'}]\n";
+    // Files not named after their accounts: the ones holding the name are parsed.
+    std::fs::write(dir.join("one.yaml"), account("alpha")).expect("write");
+    std::fs::write(dir.join("two.yaml"), account("beta")).expect("write");
+    std::fs::write(dir.join("three.yaml"), broken).expect("write");
     let ov = Default::default();
+    let select = |only: Option<&str>| nsproxy::config::select(&dir, &ov, only).map_err(|e| format!("{e:#}"));
     for n in ["alpha", "beta"] {
-        let got = nsproxy::config::select(&dir, &ov, Some(n)).unwrap_or_else(|e| panic!("{n}: {e:#}"));
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].name, n);
+        let got = select(Some(n)).unwrap_or_else(|e| panic!("{n}: another account's broken file: {e}"));
+        assert_eq!((got.len(), got[0].name.as_str()), (1, n));
     }
-    // The broken one, and the whole directory, say what is wrong and where.
     for only in [Some("gamma"), None] {
-        let e = format!("{:#}", nsproxy::config::select(&dir, &ov, only).unwrap_err());
-        assert!(e.contains("gamma.yaml") && e.contains("unsupported proxy scheme"), "{only:?}: {e}");
+        let e = select(only).unwrap_err();
+        assert!(e.contains("three.yaml") && e.contains("unsupported proxy scheme"), "{only:?}: {e}");
     }
-    // An unknown name: the full load's error, with the names there.
-    let e = format!("{:#}", nsproxy::config::select(&dir, &ov, Some("alhpa")).unwrap_err());
-    assert!(e.contains("no account named \"alhpa\"") || e.contains("gamma.yaml"), "{e}");
-    // A second definition in another file is still found.
-    std::fs::write(dir.join("gamma.yaml"), account("alpha")).expect("write");
-    let e = format!("{:#}", nsproxy::config::select(&dir, &ov, Some("alpha")).unwrap_err());
+    let e = select(Some("alhpa")).unwrap_err();
+    assert!(e.contains("three.yaml") || e.contains("no account named"), "{e}");
+    // A second definition in another file is found.
+    std::fs::write(dir.join("three.yaml"), account("alpha")).expect("write");
+    let e = select(Some("alpha")).unwrap_err();
     assert!(e.contains("duplicate account name \"alpha\""), "{e}");
+    // A file named after the account is the only one `up` reads; `policy
+    // check` (everything) still refuses the name defined twice.
+    std::fs::write(dir.join("alpha.yaml"), account("alpha").replace("1080", "1081")).expect("write");
+    let got = select(Some("alpha")).expect("alpha from alpha.yaml");
+    assert_eq!((got[0].proxies[0].port, got[0].origin.file.file_name()), (1081, Some("alpha.yaml".as_ref())));
+    assert!(select(None).unwrap_err().contains("duplicate account name"));
+    // ... and its own problems are its own.
+    std::fs::write(dir.join("beta.yaml"), broken.replace("gamma", "beta")).expect("write");
+    let e = select(Some("beta")).unwrap_err();
+    assert!(e.contains("beta.yaml") && e.contains("unsupported proxy scheme"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -190,14 +190,17 @@ pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Acc
     Ok(vec![found])
 }
 
-/// One account out of a policy directory, reading every file but parsing
-/// only those whose text holds the account's name (so `up` costs the same
-/// with a thousand accounts as with one, and another account's broken file
-/// does not keep this one down). Two files defining the name both hold it,
-/// so duplicates are still found; a namespace shared with an account of
-/// another file is refused when the daemon claims it. None: no shortcut
-/// here (a single file, overrides aimed elsewhere, the name not found):
-/// the caller loads everything, and its errors name what is wrong.
+/// One account out of a policy directory. A file named after the account
+/// (`<account>.yaml` or `.yml`) that defines it is the only one read: the
+/// layout of one file per account, where `up` then costs the same with a
+/// thousand accounts as with one (`policy check` still reads them all and
+/// refuses a name defined twice). Otherwise every file is read and only
+/// those whose text holds the name are parsed: two files defining the name
+/// both hold it, so duplicates are found. Either way another account's
+/// broken file does not keep this one down, and a namespace shared with
+/// an account of another file is refused when the daemon claims it. None:
+/// no shortcut here (a single file, overrides aimed elsewhere, the name not
+/// found): the caller loads everything, and its errors name what is wrong.
 fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>, anyhow::Error> {
     if !ov.problems.is_empty()
         || ov.items.iter().any(|o| {
@@ -205,6 +208,26 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         })
     {
         return Ok(None);
+    }
+    if path.is_dir() {
+        for ext in ["yaml", "yml"] {
+            let own = path.join(format!("{name}.{ext}"));
+            let Ok(text) = std::fs::read_to_string(&own) else { continue };
+            let (accounts, mut problems, reached) = validate::parse_one(&own, &text, ov);
+            validate::check_unique(&accounts, &mut problems);
+            if !problems.is_empty() {
+                return Err(anyhow::Error::new(Invalid(format!(
+                    "policy {} is invalid:\n{}",
+                    path.display(),
+                    Problems(problems)
+                ))));
+            }
+            if reached.iter().all(|r| *r)
+                && let Some(found) = accounts.into_iter().find(|a| a.name == name)
+            {
+                return Ok(Some(found));
+            }
+        }
     }
     let Ok(files) = policy_files(path) else { return Ok(None) };
     if files.len() < 2 {
