@@ -260,6 +260,9 @@ async fn run(s: Service, shutdown: impl Future<Output = ()>, mut progress: impl 
     let first = async {
         let in_time = tokio::time::timeout(bound + FIRST_CHOICE_SLACK, chosen_rx).await.is_ok();
         progress(Progress::Chosen { summary: pool.summary(), in_time });
+        // Start-up is over: its code need not stay mapped (see docs/performance.md).
+        let dropped = crate::host::sys::drop_code_pages();
+        tracing::debug!(account = %name, bytes = dropped, "start-up code unmapped");
     };
     let dp_stop = CancellationToken::new();
     let res = {

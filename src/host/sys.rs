@@ -93,3 +93,52 @@ pub fn malloc_mmap_threshold(bytes: i32) -> bool {
     // at daemon start-up, before the runtime and its threads exist.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
 }
+
+/// Drops this process's page mappings of read-only file pages (the code and
+/// read-only data of the executable and its libraries) once start-up is
+/// over: what ran then (argument parsing, policy validation, TLS and
+/// netlink set-up) and never runs again stops counting in the daemon's RSS,
+/// and what runs later is mapped again from the page cache on first use.
+/// Only mappings that are file-backed, not writable and hold no anonymous
+/// (written, copy-on-write) page are advised: their pages are exactly the
+/// file's, so nothing is lost (relocated read-only data, which was written
+/// before it was made read-only, holds anonymous pages and is left alone).
+/// Returns the bytes of the ranges advised.
+pub fn drop_code_pages() -> usize {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    let mut ranges = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first().is_some_and(|r| r.contains('-') && r.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            // A mapping's header: range perms offset dev inode [path].
+            current = None;
+            let file_backed = f.len() >= 6 && f[5].starts_with('/') && f[4] != "0";
+            if file_backed
+                && !f[1].contains('w')
+                && f[1].ends_with('p')
+                && let Some((a, b)) = f[0].split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                current = Some((a, b));
+            }
+        } else if f.first() == Some(&"Anonymous:")
+            && let Some(r) = current.take()
+            && f.get(1) == Some(&"0")
+        {
+            ranges.push(r);
+        }
+    }
+    let mut dropped = 0;
+    for (start, end) in ranges {
+        // SAFETY: the range is a whole private, file-backed, read-only
+        // mapping of this process with no anonymous page (from
+        // /proc/self/smaps just now; nothing can write to it). On such a
+        // mapping MADV_DONTNEED only drops page-table entries: the next
+        // access maps the same bytes again from the file.
+        if end > start && unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0 {
+            dropped += end - start;
+        }
+    }
+    dropped
+}
