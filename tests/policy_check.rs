@@ -184,3 +184,22 @@ fn one_account_of_a_directory_is_loaded_from_its_own_files_only() {
     assert!(e.contains("beta.yaml") && e.contains("unsupported proxy scheme"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_account_of_a_single_file_is_validated_alone() {
+    let file = std::env::temp_dir().join(format!("nsproxy-scoped-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        "accounts:\n  - name: alpha\n    proxies: [{label: p, url: 'socks5://127.0.0.1:1080'}]\n  - name: gamma\n    proxies: [{label: p, url: 'ftp://x:1'}]\n  - name: alpha2\n    namespace: nsp-alpha\n    proxies: [{label: p, url: 'socks5://127.0.0.1:1080'}]\n",
+    )
+    .expect("write");
+    let ov = Default::default();
+    let select = |only: Option<&str>| nsproxy::config::select(&file, &ov, only).map_err(|e| format!("{e:#}"));
+    assert_eq!(select(Some("alpha")).expect("alpha alone")[0].name, "alpha");
+    let e = select(Some("gamma")).unwrap_err();
+    assert!(e.contains("accounts[1].proxies[0].url") && e.contains("unsupported proxy scheme"), "{e}");
+    // Everything (`policy check`): the broken entry and the namespace clash.
+    let e = select(None).unwrap_err();
+    assert!(e.contains("unsupported proxy scheme") && e.contains("is also used by account"), "{e}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -190,16 +190,16 @@ pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Acc
     Ok(vec![found])
 }
 
-/// One account out of a policy directory. A file named after the account
-/// (`<account>.yaml` or `.yml`) that defines it is the only one read: the
-/// layout of one file per account, where `up` then costs the same with a
-/// thousand accounts as with one (`policy check` still reads them all and
-/// refuses a name defined twice). Otherwise every file is read and only
-/// those whose text holds the name are parsed: two files defining the name
-/// both hold it, so duplicates are found. Either way another account's
-/// broken file does not keep this one down, and a namespace shared with
-/// an account of another file is refused when the daemon claims it. None:
-/// no shortcut here (a single file, overrides aimed elsewhere, the name not
+/// One account out of the policy: only its own entries are validated (the
+/// YAML of a file and its `secrets` section still are), so `up` and the
+/// daemon cost about the same with a thousand accounts as with one, and
+/// another account's broken entry does not keep this one down (`policy
+/// check` validates everything). In a directory, a file named after the
+/// account (`<account>.yaml` or `.yml`) that defines it is the only one
+/// read; otherwise every file is read and those whose text holds the name
+/// are parsed, so a name defined in two files is still refused. A
+/// namespace shared with another account is refused when the second daemon
+/// claims it. None: no shortcut (overrides aimed elsewhere, the name not
 /// found): the caller loads everything, and its errors name what is wrong.
 fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>, anyhow::Error> {
     if !ov.problems.is_empty()
@@ -213,7 +213,7 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         for ext in ["yaml", "yml"] {
             let own = path.join(format!("{name}.{ext}"));
             let Ok(text) = std::fs::read_to_string(&own) else { continue };
-            let (accounts, mut problems, reached) = validate::parse_one(&own, &text, ov);
+            let (accounts, mut problems, reached) = validate::parse_one_for(&own, &text, ov, Some(name));
             validate::check_unique(&accounts, &mut problems);
             if !problems.is_empty() {
                 return Err(anyhow::Error::new(Invalid(format!(
@@ -230,9 +230,6 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         }
     }
     let Ok(files) = policy_files(path) else { return Ok(None) };
-    if files.len() < 2 {
-        return Ok(None);
-    }
     let mut accounts = Vec::new();
     let mut problems = Vec::new();
     let mut reached = vec![false; ov.items.len()];
@@ -241,7 +238,7 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         if !text.contains(name) {
             continue;
         }
-        let (mut a, mut p, r) = validate::parse_one(&file, &text, ov);
+        let (mut a, mut p, r) = validate::parse_one_for(&file, &text, ov, Some(name));
         accounts.append(&mut a);
         problems.append(&mut p);
         reached.iter_mut().zip(r).for_each(|(x, y)| *x |= y);

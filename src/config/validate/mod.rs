@@ -175,6 +175,18 @@ pub fn parse_str_with(file: &Path, text: &str, ov: &Overrides) -> Result<Vec<Acc
 /// that are valid, every problem found, and which overrides reached an
 /// account of this file.
 pub fn parse_one(file: &Path, text: &str, ov: &Overrides) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
+    parse_one_for(file, text, ov, None)
+}
+
+/// `parse_one`, validating only the accounts named `only` (when given):
+/// the file's YAML and its `secrets` section are still checked, the other
+/// accounts' entries are not looked at.
+pub fn parse_one_for(
+    file: &Path,
+    text: &str,
+    ov: &Overrides,
+    only: Option<&str>,
+) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
     let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new(), overridden: Vec::new() };
     let mut reached = vec![false; ov.items.len()];
     let mut root: Value = match serde_yaml::from_str(text) {
@@ -224,6 +236,9 @@ pub fn parse_one(file: &Path, text: &str, ov: &Overrides) -> (Vec<Account>, Vec<
                     ctx.problem(&top.key("accounts"), "expected at least one account");
                 }
                 for (i, v) in seq.iter().enumerate() {
+                    if only.is_some_and(|n| v.get("name").and_then(Value::as_str) != Some(n)) {
+                        continue;
+                    }
                     if let Some(a) = account(&mut ctx, v, &top.key("accounts").index(i), &default_key) {
                         accounts.push(a);
                     }
