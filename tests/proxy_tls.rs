@@ -101,33 +101,28 @@ fn tls_account(topo: &Topology, tag: &str, port: u16, ca_file: Option<&str>) -> 
 }
 
 fn base64(s: &str) -> String {
-    let t = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(t[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The bed of both tests (serialised, root): tinyproxy behind stunnel on
+/// 8443 with the certificate for its address, and the CA in the test's dir.
+fn tls_bed() -> Option<(std::sync::MutexGuard<'static, ()>, Topology, Proc)> {
+    if !root_or_skip("proxy_tls") {
+        return None;
     }
-    out
+    let g = serial();
+    ensure_user(TEST_USER);
+    let topo = Topology::new(&[Kind::Tinyproxy]);
+    certificates(&topo.dir, topo.proxies[0].listen);
+    let tunnel = stunnel(&topo, "good", 8443);
+    Some((g, topo, tunnel))
 }
 
 #[test]
 fn an_https_proxy_carries_everything_inside_tls_and_its_credentials_never_cross_in_clear() {
-    if !root_or_skip("proxy_tls") {
-        return;
-    }
-    let _g = serial();
-    ensure_user(TEST_USER);
-    let topo = Topology::new(&[Kind::Tinyproxy]);
+    let Some((_g, topo, _tunnel)) = tls_bed() else { return };
     let p = &topo.proxies[0];
-    certificates(&topo.dir, p.listen);
-    let _tunnel = stunnel(&topo, "good", 8443);
     let basic = base64(&format!("{}:{}", p.user, p.pass));
     let fetch = |a: &Account, url: &str| {
         let o = a.run(&format!("curl -sS -m 20 {url}"));
@@ -187,15 +182,7 @@ fn an_https_proxy_carries_everything_inside_tls_and_its_credentials_never_cross_
 
 #[test]
 fn an_https_proxy_whose_certificate_does_not_check_out_is_never_used() {
-    if !root_or_skip("proxy_tls") {
-        return;
-    }
-    let _g = serial();
-    ensure_user(TEST_USER);
-    let topo = Topology::new(&[Kind::Tinyproxy]);
-    let p = &topo.proxies[0];
-    certificates(&topo.dir, p.listen);
-    let _good = stunnel(&topo, "good", 8443);
+    let Some((_g, topo, _good)) = tls_bed() else { return };
     let _wrong = stunnel(&topo, "wrong", 8444);
     let ca = format!("{}/ca.pem", topo.dir.display());
     for (tag, port, ca_file, says) in
