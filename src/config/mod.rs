@@ -141,10 +141,20 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<Vec<Account>, Problems> {
         }
     }
     validate::check_unique(&accounts, &mut problems);
-    // By file, then line (problems without a line, such as overrides, last
-    // within their file); the order found stays for equal places.
-    problems.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.unwrap_or(usize::MAX).cmp(&b.line.unwrap_or(usize::MAX))));
+    sort_problems(&mut problems);
     if problems.is_empty() { Ok(accounts) } else { Err(Problems(problems)) }
+}
+
+/// By file, then line (problems without a line, such as overrides, last
+/// within their file); the order found stays for equal places.
+fn sort_problems(problems: &mut [Problem]) {
+    problems.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.unwrap_or(usize::MAX).cmp(&b.line.unwrap_or(usize::MAX))));
+}
+
+/// The error of a policy with problems, as `up` and the daemon report it.
+fn invalid_policy(path: &Path, mut problems: Vec<Problem>) -> anyhow::Error {
+    sort_problems(&mut problems);
+    anyhow::Error::new(Invalid(format!("policy {} is invalid:\n{}", path.display(), Problems(problems))))
 }
 
 /// The policy (or something it names) is invalid: starting again will not
@@ -176,7 +186,7 @@ pub fn select(path: &Path, ov: &Overrides, only: Option<&str>) -> Result<Vec<Acc
     {
         return Ok(vec![found]);
     }
-    let accounts = load(path, ov).map_err(|p| invalid(format!("policy {} is invalid:\n{p}", path.display())))?;
+    let accounts = load(path, ov).map_err(|p| invalid_policy(path, p.0))?;
     let Some(name) = only else { return Ok(accounts) };
     let known: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
     let found = accounts.into_iter().find(|a| a.name == name).ok_or_else(|| {
@@ -216,11 +226,7 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
             let (accounts, mut problems, reached) = validate::parse_one_for(&own, &text, ov, Some(name));
             validate::check_unique(&accounts, &mut problems);
             if !problems.is_empty() {
-                return Err(anyhow::Error::new(Invalid(format!(
-                    "policy {} is invalid:\n{}",
-                    path.display(),
-                    Problems(problems)
-                ))));
+                return Err(invalid_policy(path, problems));
             }
             if reached.iter().all(|r| *r)
                 && let Some(found) = accounts.into_iter().find(|a| a.name == name)
@@ -248,13 +254,7 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
     }
     validate::check_unique(&accounts, &mut problems);
     if !problems.is_empty() {
-        problems
-            .sort_by(|a, b| a.file.cmp(&b.file).then(a.line.unwrap_or(usize::MAX).cmp(&b.line.unwrap_or(usize::MAX))));
-        return Err(anyhow::Error::new(Invalid(format!(
-            "policy {} is invalid:\n{}",
-            path.display(),
-            Problems(problems)
-        ))));
+        return Err(invalid_policy(path, problems));
     }
     Ok(accounts.into_iter().find(|a| a.name == name))
 }
