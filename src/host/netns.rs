@@ -129,16 +129,21 @@ where
         .map_err(|_| NetnsError::Thread { name: name.into(), reason: "panicked".into() })?
 }
 
+/// Every other process with the identity of its network namespace.
+fn processes_by_netns() -> Vec<(i32, (u64, u64))> {
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| Some((pid, ns_id(Path::new(&format!("/proc/{pid}/ns/net"))).ok()?)))
+        .collect()
+}
+
 /// Processes whose network namespace is this one.
 pub fn pids_in(paths: &Paths, name: &str) -> Vec<i32> {
     let Ok(target) = ns_id(&paths.netns(name)) else { return Vec::new() };
-    let me = std::process::id() as i32;
-    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
-    let mut pids: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| ns_id(Path::new(&format!("/proc/{pid}/ns/net"))).is_ok_and(|id| id == target))
-        .collect();
+    let mut pids: Vec<i32> =
+        processes_by_netns().into_iter().filter(|(_, id)| *id == target).map(|(pid, _)| pid).collect();
     pids.sort();
     pids
 }
@@ -156,15 +161,9 @@ pub fn program_counts(paths: &Paths, names: &[String]) -> Vec<usize> {
     if index.is_empty() {
         return counts;
     }
-    let me = std::process::id() as i32;
-    let Ok(rd) = fs::read_dir("/proc") else { return counts };
-    for pid in rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter(|&p| p != me) {
-        if let Ok(id) = ns_id(Path::new(&format!("/proc/{pid}/ns/net")))
-            && let Some(v) = index.get(&id)
-        {
-            for &i in v {
-                counts[i] += 1;
-            }
+    for (_, id) in processes_by_netns() {
+        for &i in index.get(&id).into_iter().flatten() {
+            counts[i] += 1;
         }
     }
     counts
