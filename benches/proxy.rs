@@ -15,6 +15,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "proxy/external.rs"]
+mod external;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -429,23 +431,60 @@ fn orchestrate(args: &[String]) {
     let target = px.origin_ip.to_string();
     let proxy = format!("{}:{}", px.listen, px.port);
     let me_s = me.display().to_string();
+    // --client rust|python|tools: who measures. `rust` (default) is this
+    // binary's tokio client; `python` is benches/client.py, blocking
+    // sockets and a thread per stream; `tools` is wrk and ab against
+    // nginx, the baseline through proxychains4. All three run as a
+    // separate process, inside the account for the nsproxy column.
+    let kind = args
+        .iter()
+        .position(|a| a == "--client")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("rust")
+        .to_string();
+    let tools = match kind.as_str() {
+        "rust" | "python" => None,
+        "tools" => Some(external::Tools::start(&topo, px, &pw)),
+        other => panic!("--client {other}: expected rust, python or tools"),
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/client.py").display().to_string();
     let run = |via_nsproxy: bool, mode: &[&str]| -> String {
+        let pw_s = pw.display().to_string();
+        let socks = ["--socks", proxy.as_str(), px.user.as_str(), pw_s.as_str()];
+        let argv: Vec<String> = match (&tools, kind.as_str()) {
+            (Some(t), _) => t.argv(via_nsproxy, &target, mode, secs),
+            (None, k) => {
+                let head: Vec<&str> =
+                    if k == "python" { vec!["/usr/bin/python3", &script] } else { vec![&me_s, "client"] };
+                let mut v: Vec<&str> = head;
+                v.push(&target);
+                if !via_nsproxy {
+                    v.extend_from_slice(&socks);
+                }
+                v.extend_from_slice(mode);
+                v.iter().map(|x| x.to_string()).collect()
+            }
+        };
         let o = if via_nsproxy {
-            let mut v = vec![me_s.as_str(), "client", target.as_str()];
-            v.extend_from_slice(mode);
+            let v: Vec<&str> = argv.iter().map(String::as_str).collect();
             acct.cmd(&[&["exec", acct.name.as_str(), "--user", common::TEST_USER, "--"][..], &v[..]].concat())
         } else {
-            std::process::Command::new(&me)
-                .args(["client", &target, "--socks", &proxy, &px.user, &pw.display().to_string()])
-                .args(mode)
-                .output()
-                .expect("client")
+            std::process::Command::new(&argv[0]).args(&argv[1..]).output().expect("client")
         };
         assert!(o.status.success(), "client {mode:?} failed: {}", common::err(&o));
-        common::out(&o).trim().to_string()
+        let text = common::out(&o);
+        // NSP_BENCH_VERBOSE=1 shows each client's own report.
+        if std::env::var_os("NSP_BENCH_VERBOSE").is_some() {
+            println!("  {} {mode:?}:\n{text}", if via_nsproxy { "nsproxy" } else { "baseline" });
+        }
+        match &tools {
+            Some(t) => t.parse(mode, &text),
+            None => text.trim().to_string(),
+        }
     };
     println!(
-        "nsproxy benchmark: {rounds} round(s), {secs} s per bulk figure, {lat_n} keep-alive requests, {conn_n} new connections"
+        "nsproxy benchmark, {kind} client: {rounds} round(s), {secs} s per bulk figure, {lat_n} keep-alive requests, {conn_n} new connections"
     );
     println!(
         "machine: {} cores, load {}",

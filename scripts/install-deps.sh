@@ -4,6 +4,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config curl ca-certificates iproute2 procps passwd openssl
       microsocks dante-server tinyproxy stunnel4 dnsmasq-base dnsutils python3 python3-websockets python3-venv iputils-ping tcpdump
+      nginx wrk apache2-utils proxychains4
       dpkg-dev podman containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
