@@ -21,6 +21,7 @@ pub mod spin;
 pub mod stack;
 pub mod stats;
 mod udp;
+pub mod vnet;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};

@@ -26,17 +26,18 @@ pub enum Class<'a> {
 }
 
 /// Classifies one packet. IPv6 is dropped unless `ipv6` (policy `ipv6:
-/// proxy`).
-pub fn classify(pkt: &[u8], ipv6: bool) -> Class<'_> {
+/// proxy`). `trusted`: the kernel vouched for the transport checksum (see
+/// vnet.rs), which is then partial and not verified here.
+pub fn classify(pkt: &[u8], ipv6: bool, trusted: bool) -> Class<'_> {
     match pkt.first().map(|b| b >> 4) {
-        Some(4) => classify_v4(pkt),
-        Some(6) if ipv6 => classify_v6(pkt),
+        Some(4) => classify_v4(pkt, trusted),
+        Some(6) if ipv6 => classify_v6(pkt, trusted),
         Some(6) => Class::Drop("ipv6 (blocked)"),
         _ => Class::Drop("not an IP packet"),
     }
 }
 
-fn classify_v4(pkt: &[u8]) -> Class<'_> {
+fn classify_v4(pkt: &[u8], trusted: bool) -> Class<'_> {
     let Ok(ip) = Ipv4Packet::new_checked(pkt) else { return Class::Drop("bad IPv4 header") };
     if !ip.verify_checksum() {
         return Class::Drop("bad IPv4 checksum");
@@ -46,27 +47,27 @@ fn classify_v4(pkt: &[u8]) -> Class<'_> {
     }
     match ip.next_header() {
         IpProtocol::Icmp => Class::Drop("ICMP (not proxied)"),
-        p => transport(p, ip.payload(), IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr())),
+        p => transport(p, ip.payload(), IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), trusted),
     }
 }
 
-fn classify_v6(pkt: &[u8]) -> Class<'_> {
+fn classify_v6(pkt: &[u8], trusted: bool) -> Class<'_> {
     let Ok(ip) = Ipv6Packet::new_checked(pkt) else { return Class::Drop("bad IPv6 header") };
     match ip.next_header() {
         IpProtocol::Icmpv6 => Class::Drop("ICMPv6 (not proxied)"),
         p @ (IpProtocol::Tcp | IpProtocol::Udp) => {
-            transport(p, ip.payload(), IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()))
+            transport(p, ip.payload(), IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), trusted)
         }
         _ => Class::Drop("IPv6 extension header or unsupported protocol"),
     }
 }
 
-fn transport(proto: IpProtocol, payload: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+fn transport(proto: IpProtocol, payload: &[u8], src: IpAddr, dst: IpAddr, trusted: bool) -> Class<'_> {
     let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
     match proto {
         IpProtocol::Tcp => {
             let Ok(tcp) = TcpPacket::new_checked(payload) else { return Class::Drop("bad TCP header") };
-            if !tcp.verify_checksum(&s, &d) {
+            if !trusted && !tcp.verify_checksum(&s, &d) {
                 return Class::Drop("bad TCP checksum");
             }
             if tcp.syn() && !tcp.ack() {
@@ -84,7 +85,7 @@ fn transport(proto: IpProtocol, payload: &[u8], src: IpAddr, dst: IpAddr) -> Cla
             let Ok(udp) = UdpPacket::new_checked(payload) else { return Class::Drop("bad UDP header") };
             // A zero checksum means "none" in IPv4 only.
             let unchecked = udp.checksum() == 0 && src.is_ipv4();
-            if !unchecked && !udp.verify_checksum(&s, &d) {
+            if !trusted && !unchecked && !udp.verify_checksum(&s, &d) {
                 return Class::Drop("bad UDP checksum");
             }
             let len = (udp.len() as usize).saturating_sub(8).min(udp.payload().len());
@@ -207,22 +208,28 @@ pub(crate) mod tests {
     fn syn_and_other_tcp() {
         let syn = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, false);
         assert_eq!(
-            classify(&syn, false),
+            classify(&syn, false, false),
             Class::TcpSyn { src: "198.18.0.1:40000".parse().unwrap(), dst: "10.9.9.9:443".parse().unwrap() }
         );
         let synack = tcp_v4(a("198.18.0.1:40000"), a("10.9.9.9:443"), TcpControl::Syn, true);
-        assert_eq!(classify(&synack, false), Class::Tcp);
+        assert_eq!(classify(&synack, false, false), Class::Tcp);
         let mut bad = syn.clone();
         let n = bad.len() - 1;
         bad[n] ^= 0xff;
-        assert_eq!(classify(&bad, false), Class::Drop("bad TCP checksum"));
+        assert_eq!(classify(&bad, false, false), Class::Drop("bad TCP checksum"));
+        // A partial checksum the kernel vouched for is not summed again;
+        // the IPv4 header's own checksum still is.
+        assert!(matches!(classify(&bad, false, true), Class::TcpSyn { .. }));
+        let mut bad_ip = syn.clone();
+        bad_ip[10] ^= 0xff;
+        assert_eq!(classify(&bad_ip, false, true), Class::Drop("bad IPv4 checksum"));
     }
 
     #[test]
     fn dns_and_udp() {
         let q = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:53"), b"query");
         assert_eq!(
-            classify(&q, false),
+            classify(&q, false, false),
             Class::Dns {
                 src: "198.18.0.1:5353".parse().unwrap(),
                 dst: "9.9.9.9:53".parse().unwrap(),
@@ -231,7 +238,7 @@ pub(crate) mod tests {
         );
         let quic = udp_v4(a("198.18.0.1:5353"), a("9.9.9.9:443"), b"x");
         assert_eq!(
-            classify(&quic, false),
+            classify(&quic, false, false),
             Class::Udp { src: "198.18.0.1:5353".parse().unwrap(), dst: "9.9.9.9:443".parse().unwrap(), payload: b"x" }
         );
     }
@@ -241,26 +248,27 @@ pub(crate) mod tests {
         let (c, s): (SocketAddr, SocketAddr) =
             ("[fd00:18::1]:5353".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap());
         let q = udp_packet(c, s, b"query").unwrap();
-        assert_eq!(classify(&q, true), Class::Dns { src: c, dst: s, payload: b"query" });
-        assert_eq!(classify(&q, false), Class::Drop("ipv6 (blocked)"));
+        assert_eq!(classify(&q, true, false), Class::Dns { src: c, dst: s, payload: b"query" });
+        assert_eq!(classify(&q, false, false), Class::Drop("ipv6 (blocked)"));
         assert!(udp_packet(c, "1.2.3.4:53".parse().unwrap(), b"x").is_none(), "mixed families");
     }
 
     #[test]
     fn garbage_is_dropped_not_panicking() {
-        assert_eq!(classify(&[], true), Class::Drop("not an IP packet"));
-        assert_eq!(classify(&[0x45, 0, 0], true), Class::Drop("bad IPv4 header"));
-        assert_eq!(classify(&[0x60; 40], false), Class::Drop("ipv6 (blocked)"));
-        assert_eq!(classify(&[0x60; 10], true), Class::Drop("bad IPv6 header"));
+        assert_eq!(classify(&[], true, false), Class::Drop("not an IP packet"));
+        assert_eq!(classify(&[0x45, 0, 0], true, false), Class::Drop("bad IPv4 header"));
+        assert_eq!(classify(&[0x60; 40], false, false), Class::Drop("ipv6 (blocked)"));
+        assert_eq!(classify(&[0x60; 10], true, false), Class::Drop("bad IPv6 header"));
         let mut frag = udp_v4(a("1.1.1.1:1"), a("2.2.2.2:53"), b"x");
         frag[6] = 0x20; // more fragments
         let mut p = Ipv4Packet::new_unchecked(&mut frag[..]);
         p.fill_checksum();
-        assert_eq!(classify(&frag, true), Class::Drop("IPv4 fragment"));
+        assert_eq!(classify(&frag, true, false), Class::Drop("IPv4 fragment"));
         // Every truncation of a valid packet is classified without panic.
         let syn = tcp_v4(a("198.18.0.1:1"), a("10.0.0.1:2"), TcpControl::Syn, false);
         for n in 0..syn.len() {
-            let _ = classify(&syn[..n], true);
+            let _ = classify(&syn[..n], true, false);
+            let _ = classify(&syn[..n], true, true);
         }
     }
 }

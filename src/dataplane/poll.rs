@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flow::{self, Event};
 use super::packet::{self, Class};
-use super::{Ctx, spin};
+use super::{Ctx, spin, vnet};
 
 /// How long the loop keeps polling without sleeping after packets moved
 /// (see docs/performance.md). `NSP_SPIN_US` overrides it for benchmarks.
@@ -25,7 +25,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     let shared = ctx.shared.clone();
     let tun = ctx.tun.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut buf = vec![0u8; ctx.limits.mtu.max(1500) + 64];
+    let mut buf = vec![0u8; vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64];
     let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
     loop {
         shared.turned();
@@ -77,7 +77,13 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
                 for _ in 0..256 {
                     match g.try_io(|f| nix::unistd::read(f.get_ref(), &mut buf).map_err(std::io::Error::from)) {
                         Ok(Ok(0)) => break,
-                        Ok(Ok(n)) => ingress(&ctx, &tx, &buf[..n]),
+                        Ok(Ok(n)) => match vnet::parse(&buf[..n]) {
+                            vnet::Frame::Packet { pkt, trusted } => ingress(&ctx, &tx, pkt, trusted),
+                            vnet::Frame::Bad(reason) => {
+                                ctx.stats.packets_dropped.fetch_add(1, Relaxed);
+                                tracing::trace!(account = %ctx.account, reason, "frame dropped");
+                            }
+                        },
                         Ok(Err(e)) => { tracing::warn!(account = %name, error = %e, "TUN read failed"); break }
                         Err(_would_block) => break,
                     }
@@ -94,8 +100,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
 }
 
 /// One packet from the program.
-fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
-    match packet::classify(pkt, ctx.limits.ipv6) {
+fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], trusted: bool) {
+    match packet::classify(pkt, ctx.limits.ipv6, trusted) {
         Class::TcpSyn { src, dst } => flow::on_syn(ctx, tx, (src, dst), pkt),
         Class::Tcp => {
             if !ctx.shared.lock().dev.push_copy(pkt) {
@@ -112,7 +118,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
                     ctx.stats.dns_reply(r);
                 }
                 if let Some(out) = reply.and_then(|r| packet::udp_packet(dst, src, &r)) {
-                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
+                    let _ = super::device::write_plain(ctx.tun.as_fd(), &out);
                 }
                 return;
             }
@@ -122,7 +128,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8]) {
                 let Some(r) = ctx.dns.answer(&query, true).await else { return };
                 ctx.stats.dns_reply(&r);
                 if let Some(out) = packet::udp_packet(dst, src, &r) {
-                    let _ = nix::unistd::write(ctx.tun.as_fd(), &out);
+                    let _ = super::device::write_plain(ctx.tun.as_fd(), &out);
                 }
             });
         }

@@ -51,8 +51,8 @@ pub struct Stack {
 }
 
 impl<T: Sink + ?Sized> Sink for Box<T> {
-    fn send(&mut self, pkt: &[u8]) {
-        (**self).send(pkt)
+    fn send(&mut self, frame: &[u8]) {
+        (**self).send(frame)
     }
 }
 
@@ -255,8 +255,10 @@ mod tests {
     #[derive(Clone, Default)]
     struct Capture(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
     impl Sink for Capture {
-        fn send(&mut self, pkt: &[u8]) {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pkt.to_vec());
+        /// Keeps the packet as it would leave a real device: checksum
+        /// completed from the partial one (the header says where).
+        fn send(&mut self, frame: &[u8]) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(crate::dataplane::vnet::complete(frame));
         }
     }
     impl Capture {

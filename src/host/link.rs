@@ -66,8 +66,11 @@ pub fn tun_present_in(paths: &Paths, p: &TunPlan) -> bool {
 fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
     let ns = p.namespace.clone();
     let mut cfg = tun::Configuration::default();
+    // Every frame carries a virtio-net header, and checksums are offloaded
+    // both ways (dataplane/vnet.rs).
     cfg.tun_name(&p.ifname).platform_config(|c| {
         c.ensure_root_privileges(false);
+        c.vnet_hdr(true);
     });
     let dev = tun::create(&cfg).map_err(|e| LinkError::CreateTun {
         ns: ns.clone(),
@@ -80,6 +83,11 @@ fn create_tun_here(p: &TunPlan) -> Result<OwnedFd, LinkError> {
         reason: e.to_string(),
     })?;
     let fd = super::sys::tun_into_owned(dev);
+    super::sys::tun_offload_checksums(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| LinkError::CreateTun {
+        ns: ns.clone(),
+        name: p.ifname.clone(),
+        reason: format!("checksum offload: {e}"),
+    })?;
     // IPv6 blocked: no address, no route, and no link-local either. (In a
     // container's namespace /proc/sys is the namespace's own.)
     let v6_off = if p.ipv6 { "0" } else { "1" };

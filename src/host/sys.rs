@@ -12,6 +12,17 @@ pub fn tun_into_owned(dev: tun::Device) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
+/// Lets the kernel hand the TUN's reader packets whose TCP/UDP checksum is
+/// only partial (TUN_F_CSUM; needs IFF_VNET_HDR): the checksums nobody
+/// would check are then never computed (see dataplane/vnet.rs).
+pub fn tun_offload_checksums(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETOFFLOAD takes its flags by value (no pointer); the fd
+    // is a TUN device this process just opened and still owns.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::TUN_F_CSUM as libc::c_ulong) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Registers an owned fd with the tokio reactor.
 pub fn register_async(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes the OwnedFd by value, so the descriptor stays

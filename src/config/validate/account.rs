@@ -254,7 +254,7 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_flows: 4096,
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
-        socket_buffer: 512 * 1024,
+        socket_buffer: 256 * 1024,
         max_udp_flows: 1024,
         udp_idle_timeout: Duration::from_secs(60),
     };
