@@ -197,9 +197,19 @@ fn one_account_of_a_single_file_is_validated_alone() {
     let select = |only: Option<&str>| nsproxy::config::select(&file, &ov, only).map_err(|e| format!("{e:#}"));
     assert_eq!(select(Some("alpha")).expect("alpha alone")[0].name, "alpha");
     let e = select(Some("gamma")).unwrap_err();
-    assert!(e.contains("accounts[1].proxies[0].url") && e.contains("unsupported proxy scheme"), "{e}");
+    // Only gamma's entry was parsed, yet the line and the index are the file's.
+    assert!(e.contains(".yaml:5: accounts[1].proxies[0].url") && e.contains("unsupported proxy scheme"), "{e}");
     // Everything (`policy check`): the broken entry and the namespace clash.
     let e = select(None).unwrap_err();
     assert!(e.contains("unsupported proxy scheme") && e.contains("is also used by account"), "{e}");
+    // The other entries are not parsed at all for one account: even broken
+    // YAML there does not keep alpha down, while the whole file is refused.
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace("[{label: p, url: 'ftp://x:1'}]", "[{label: p, url: 'ftp://x:1'")).expect("write");
+    assert_eq!(select(Some("alpha")).expect("alpha alone")[0].name, "alpha");
+    let e = select(None).unwrap_err();
+    assert!(e.contains("not valid YAML"), "{e}");
+    let e = select(Some("gamma")).unwrap_err();
+    assert!(e.contains("not valid YAML") && e.contains(".yaml:"), "{e}");
     let _ = std::fs::remove_file(&file);
 }

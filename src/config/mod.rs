@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod lines;
 pub mod model;
+mod narrow;
 pub mod overrides;
 pub mod plan;
 pub mod suggest;
@@ -244,7 +245,13 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         if !text.contains(name) {
             continue;
         }
-        let (mut a, mut p, r) = validate::parse_one_for(&file, &text, ov, Some(name));
+        // Only this account's entry is parsed (narrow.rs); a file the
+        // narrowing cannot handle, or whose narrowed text is not YAML, is
+        // parsed whole so its errors are the parser's own.
+        let narrowed = narrow::only_account(&text, name)
+            .map(|t| validate::parse_one_for(&file, &t, ov, Some(name)))
+            .filter(|(_, p, _)| !p.iter().any(|p| p.message.starts_with(validate::NOT_YAML)));
+        let (mut a, mut p, r) = narrowed.unwrap_or_else(|| validate::parse_one_for(&file, &text, ov, Some(name)));
         accounts.append(&mut a);
         problems.append(&mut p);
         reached.iter_mut().zip(r).for_each(|(x, y)| *x |= y);

@@ -178,9 +178,13 @@ pub fn parse_one(file: &Path, text: &str, ov: &Overrides) -> (Vec<Account>, Vec<
     parse_one_for(file, text, ov, None)
 }
 
+/// How a YAML syntax error's message starts.
+pub const NOT_YAML: &str = "not valid YAML";
+
 /// `parse_one`, validating only the accounts named `only` (when given):
 /// the file's YAML and its `secrets` section are still checked, the other
 /// accounts' entries are not looked at.
+
 pub fn parse_one_for(
     file: &Path,
     text: &str,
@@ -197,7 +201,7 @@ pub fn parse_one_for(
                 file: file.to_path_buf(),
                 line,
                 field: String::new(),
-                message: format!("not valid YAML: {e}"),
+                message: format!("{NOT_YAML}: {e}"),
                 via: None,
             };
             return (Vec::new(), vec![p], reached);
