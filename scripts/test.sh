@@ -14,6 +14,10 @@ cargo clippy --all-targets --locked -- -D warnings
 # The benchmark's smoke run (1 round, 1 s) so it does not rot; figures in
 # docs/performance.md come from `cargo bench --bench proxy`.
 cargo test --locked --bench proxy
+# ... and with the outside clients: benches/client.py, and wrk/ab against
+# nginx (baseline through proxychains4).
+cargo test --locked --bench proxy -- --client python
+cargo test --locked --bench proxy -- --client tools
 # The many-accounts benchmark's small run (50 accounts up, idle, status,
 # list, down); the 1,000-account figures come from `cargo bench --bench accounts`.
 cargo test --locked --bench accounts

@@ -184,7 +184,6 @@ pub const NOT_YAML: &str = "not valid YAML";
 /// `parse_one`, validating only the accounts named `only` (when given):
 /// the file's YAML and its `secrets` section are still checked, the other
 /// accounts' entries are not looked at.
-
 pub fn parse_one_for(
     file: &Path,
     text: &str,
