@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nsproxy::dataplane::packet::tcp_segment;
-use nsproxy::dataplane::{Dataplane, Limits, Parts};
+use nsproxy::dataplane::{Dataplane, Limits, Parts, vnet};
 use nsproxy::dns::server::{DnsServer, FakeDns};
 use nsproxy::proxy::route::{ProxyCounters, Refusal, Route, Router};
 use nsproxy::proxy::{ProxyError, Upstream};
@@ -106,14 +106,18 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
     .expect("data plane on the socketpair");
     let run = tokio::spawn(dp.run(stop.clone()));
     let (src, dst): (SocketAddrV4, SocketAddrV4) = (PROGRAM.parse().unwrap(), ORIGIN.parse().unwrap());
-    ours.send(&tcp_segment(src, dst, TcpControl::Syn, 1000, None, &[])).await.expect("send SYN");
+    // The device speaks what the TUN does: a virtio-net header, then the packet.
+    let mut syn = vnet::PLAIN.to_vec();
+    syn.extend_from_slice(&tcp_segment(src, dst, TcpControl::Syn, 1000, None, &[]));
+    ours.send(&syn).await.expect("send SYN");
     let mut buf = vec![0u8; 2048];
     let answer = loop {
         let n = tokio::time::timeout(Duration::from_secs(10), ours.recv(&mut buf))
             .await
             .expect("an answer to the SYN within 10 s")
             .expect("recv");
-        let ip = Ipv4Packet::new_checked(&buf[..n]).expect("an IPv4 packet");
+        let vnet::Frame::Packet { pkt, .. } = vnet::parse(&buf[..n]) else { panic!("not a frame: {:?}", &buf[..n]) };
+        let ip = Ipv4Packet::new_checked(pkt).expect("an IPv4 packet");
         let tcp = TcpPacket::new_checked(ip.payload()).expect("a TCP segment");
         if tcp.dst_port() != src.port() {
             continue;

@@ -205,7 +205,8 @@ fn one_account_of_a_single_file_is_validated_alone() {
     // The other entries are not parsed at all for one account: even broken
     // YAML there does not keep alpha down, while the whole file is refused.
     let text = std::fs::read_to_string(&file).expect("read");
-    std::fs::write(&file, text.replace("[{label: p, url: 'ftp://x:1'}]", "[{label: p, url: 'ftp://x:1'")).expect("write");
+    std::fs::write(&file, text.replace("[{label: p, url: 'ftp://x:1'}]", "[{label: p, url: 'ftp://x:1'"))
+        .expect("write");
     assert_eq!(select(Some("alpha")).expect("alpha alone")[0].name, "alpha");
     let e = select(None).unwrap_err();
     assert!(e.contains("not valid YAML"), "{e}");

@@ -6,9 +6,9 @@
 //! except through the proxy.
 //!
 //! The device is any non-blocking datagram fd that carries one IP packet
-//! per read and write: the account's TUN, or one end of a Unix datagram
-//! socketpair in tests, which then play the program's side with raw
-//! packets, no root needed.
+//! per read and write behind a virtio-net header (vnet.rs): the account's
+//! TUN (IFF_VNET_HDR), or one end of a Unix datagram socketpair in tests,
+//! which then play the program's side with such frames, no root needed.
 
 pub mod adapter;
 pub mod device;
