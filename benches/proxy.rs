@@ -449,21 +449,22 @@ fn orchestrate(args: &[String]) {
         other => panic!("--client {other}: expected rust, python or tools"),
     };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/client.py").display().to_string();
+    let pw_s = pw.display().to_string();
+    let socks = ["--socks", proxy.as_str(), px.user.as_str(), pw_s.as_str()];
     let run = |via_nsproxy: bool, mode: &[&str]| -> String {
-        let pw_s = pw.display().to_string();
-        let socks = ["--socks", proxy.as_str(), px.user.as_str(), pw_s.as_str()];
-        let argv: Vec<String> = match (&tools, kind.as_str()) {
-            (Some(t), _) => t.argv(via_nsproxy, &target, mode, secs),
-            (None, k) => {
-                let head: Vec<&str> =
-                    if k == "python" { vec!["/usr/bin/python3", &script] } else { vec![&me_s, "client"] };
-                let mut v: Vec<&str> = head;
-                v.push(&target);
+        let argv: Vec<String> = match &tools {
+            Some(t) => t.argv(via_nsproxy, &target, mode, secs),
+            None => {
+                let mut v: Vec<&str> = if kind == "python" {
+                    vec!["/usr/bin/python3", &script, &target]
+                } else {
+                    vec![&me_s, "client", &target]
+                };
                 if !via_nsproxy {
                     v.extend_from_slice(&socks);
                 }
                 v.extend_from_slice(mode);
-                v.iter().map(|x| x.to_string()).collect()
+                v.into_iter().map(str::to_string).collect()
             }
         };
         let o = if via_nsproxy {

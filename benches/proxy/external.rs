@@ -158,8 +158,8 @@ impl Tools {
 fn parse(mode: &[&str], text: &str) -> String {
     let nan = || "NaN".to_string();
     match mode.first().copied() {
-        Some("down") => wrk_bytes(text).map_or_else(nan, |(b, s)| format!("{:.1}", b / s / 1e6)),
-        Some("up") => wrk_requests(text).map_or_else(nan, |(r, s)| format!("{:.1}", r * BODY as f64 / s / 1e6)),
+        Some("down") => wrk_summary(text).map_or_else(nan, |(_, s, b)| format!("{:.1}", b / s / 1e6)),
+        Some("up") => wrk_summary(text).map_or_else(nan, |(r, s, _)| format!("{:.1}", r * BODY as f64 / s / 1e6)),
         Some("lat") => {
             let p = |q: &str| {
                 text.lines()
@@ -188,20 +188,14 @@ fn parse(mode: &[&str], text: &str) -> String {
     }
 }
 
-/// "N requests in 10.00s, 1.23GB read" -> (requests, seconds).
-fn wrk_requests(text: &str) -> Option<(f64, f64)> {
+/// wrk's summary line, "N requests in 10.00s, 1.23GB read" -> (requests,
+/// seconds, bytes).
+fn wrk_summary(text: &str) -> Option<(f64, f64, f64)> {
     let l = text.lines().find(|l| l.contains(" requests in "))?;
-    let mut w = l.split_whitespace();
-    let n: f64 = w.next()?.parse().ok()?;
-    let secs = w.nth(2)?.trim_end_matches(',');
-    Some((n, wrk_time_us(secs)? / 1e6))
-}
-
-/// "... 1.23GB read" -> (bytes, seconds).
-fn wrk_bytes(text: &str) -> Option<(f64, f64)> {
-    let l = text.lines().find(|l| l.contains(" requests in "))?;
-    let (_, secs) = wrk_requests(text)?;
-    let size = l.split_whitespace().rev().nth(1)?;
+    let w: Vec<&str> = l.split_whitespace().collect();
+    let n: f64 = w.first()?.parse().ok()?;
+    let secs = wrk_time_us(w.get(3)?.trim_end_matches(','))? / 1e6;
+    let size = w.get(4)?;
     let (num, unit) = size.split_at(size.find(|c: char| c.is_ascii_alphabetic())?);
     let mult = match unit {
         "B" => 1.0,
@@ -211,7 +205,7 @@ fn wrk_bytes(text: &str) -> Option<(f64, f64)> {
         "TB" => 1024.0f64.powi(4),
         _ => return None,
     };
-    Some((num.parse::<f64>().ok()? * mult, secs))
+    Some((n, secs, num.parse::<f64>().ok()? * mult))
 }
 
 /// wrk's "52.00us", "1.20ms", "10.00s", "1.00m" -> µs.
