@@ -45,6 +45,25 @@ fn http_https_and_ip_targets_egress_through_each_proxy() {
                 err(&o)
             );
         }
+        // SOCKS5 pipelining is learnt from the first connection on: dante
+        // reads pipelined messages, microsocks drops them (and keeps the
+        // handshake one message at a time); a curl after the verdict works.
+        let verdict = match p.kind {
+            Kind::Dante => Some("the proxy reads pipelined messages"),
+            Kind::Microsocks => Some("the proxy does not read pipelined messages"),
+            Kind::Tinyproxy => None,
+        };
+        if let Some(v) = verdict {
+            let t = std::time::Instant::now();
+            while !a.log().contains(v) && t.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(a.log().contains(v), "{:?}: no pipelining verdict {v:?} in the log:\n{}", p.kind, a.log());
+            let o = curl(&a, &topo, &format!("http://{HOSTNAME}/"));
+            assert_eq!(out(&o).trim(), want, "{:?} after the pipelining verdict: {}", p.kind, err(&o));
+        } else {
+            assert!(!a.log().contains("SOCKS5 pipelining"), "an HTTP proxy has no SOCKS5 pipelining:\n{}", a.log());
+        }
         assert!(!a.log().contains(&p.pass), "the proxy password appeared in the daemon log");
     }
     assert_eq!(topo.host_hits(), hits, "the origin saw the host's address: leak");

@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod http;
+pub mod pipeline;
 pub mod probe;
 pub mod route;
 pub mod socks5;
@@ -15,11 +16,14 @@ pub mod verdict;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use pipeline::Pipelining;
 pub use stream::ProxyStream;
 
 use crate::config::{ProxyEntry, Scheme};
@@ -92,6 +96,9 @@ pub struct Upstream {
     pub entry: ProxyEntry,
     pub creds: Option<Creds>,
     tls: Option<Result<fetch::Tls, String>>,
+    /// Whether this SOCKS5 proxy reads pipelined messages (`Pipelining`),
+    /// shared by the clones that probe it.
+    pipelining: Arc<AtomicU8>,
 }
 
 /// The TLS trust of an `https://` proxy: the system's roots plus its
@@ -121,7 +128,7 @@ pub struct Associated {
 impl Upstream {
     pub fn new(entry: ProxyEntry, creds: Option<Creds>) -> Upstream {
         let tls = proxy_tls(&entry);
-        Upstream { entry, creds, tls }
+        Upstream { entry, creds, tls, pipelining: Arc::new(AtomicU8::new(Pipelining::Unknown as u8)) }
     }
 
     pub fn name(&self) -> String {
@@ -178,6 +185,7 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let sock = socket2_ref(&stream);
         let _ = sock.set_keepalive(true);
+        let pipelined = self.pipeline_creds().is_some();
         let handshake = async {
             match &self.tls {
                 None => self.handshake(stream, target).await.map(|(s, leftover)| (ProxyStream::Tcp(s), leftover)),
@@ -190,7 +198,7 @@ impl Upstream {
                 }
             }
         };
-        match tokio::time::timeout(e.handshake_timeout, handshake).await {
+        let r = match tokio::time::timeout(e.handshake_timeout, handshake).await {
             Err(_) => Err(ProxyError::HandshakeTimeout { proxy, timeout: e.handshake_timeout }),
             Ok(r) => r.map(|(stream, leftover)| Connected {
                 stream,
@@ -198,7 +206,21 @@ impl Upstream {
                 connect_time: connected - started,
                 handshake_time: connected.elapsed(),
             }),
+        };
+        match &r {
+            Ok(_) => self.maybe_probe_pipelining(),
+            // A pipelined handshake that stalled or broke off: this proxy
+            // may no longer read pipelined messages (a new server behind
+            // the same address); connections go one message at a time
+            // until a probe says again.
+            Err(ProxyError::HandshakeTimeout { .. } | ProxyError::Io { .. } | ProxyError::Protocol { .. })
+                if pipelined =>
+            {
+                self.set_pipelining(Pipelining::Unknown)
+            }
+            Err(_) => {}
         }
+        r
     }
 
     /// The TLS session with an `https://` proxy, its certificate checked
@@ -243,10 +265,14 @@ impl Upstream {
         let reply = tokio::time::timeout(e.handshake_timeout, async {
             let mut hs = socks5::Handshake::associate(creds);
             let mut buf = Vec::with_capacity(64);
-            s.write_all(&hs.greeting()).await.map_err(io)?;
+            s.write_all(&hs.first_flight().map_err(|f| f.into_error(&proxy, &any))?).await.map_err(io)?;
             loop {
                 match hs.feed(&buf).map_err(|f| f.into_error(&proxy, &any))? {
                     socks5::Step::Need => {}
+                    socks5::Step::Consumed(used) => {
+                        buf.drain(..used);
+                        continue;
+                    }
                     socks5::Step::Send(out, used) => {
                         buf.drain(..used);
                         s.write_all(&out).await.map_err(io)?;
@@ -282,14 +308,22 @@ impl Upstream {
         let mut buf = Vec::with_capacity(512);
         match self.entry.scheme {
             Scheme::Socks5 => {
-                let mut hs = socks5::Handshake::new(target.clone(), creds);
-                s.write_all(&hs.greeting()).await.map_err(io)?;
+                let mut hs = match self.pipeline_creds() {
+                    Some(c) => socks5::Handshake::pipelined(target.clone(), c),
+                    None => socks5::Handshake::new(target.clone(), creds),
+                };
+                let flight = hs.first_flight().map_err(|f| f.into_error(&proxy, target))?;
+                s.write_all(&flight).await.map_err(io)?;
                 loop {
                     match hs.feed(&buf).map_err(|f| f.into_error(&proxy, target))? {
                         socks5::Step::Need => {}
                         socks5::Step::Send(out, used) => {
                             buf.drain(..used);
                             s.write_all(&out).await.map_err(io)?;
+                            continue;
+                        }
+                        socks5::Step::Consumed(used) => {
+                            buf.drain(..used);
                             continue;
                         }
                         socks5::Step::Done(used) => {

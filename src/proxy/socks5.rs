@@ -1,5 +1,12 @@
 //! SOCKS5 client handshake (RFC 1928, user/password RFC 1929) as a parser
 //! fed with the bytes received so far.
+//!
+//! Pipelined, the greeting, the user/password request and the CONNECT go
+//! out in one write and the three replies are read in turn: two round
+//! trips fewer. RFC 1928 does not forbid it, but not every server reads
+//! past the message it expects (microsocks drops the rest of each read),
+//! so a proxy is pipelined to only after `auth_probe` showed that it
+//! answered the user/password request that came in the greeting's write.
 
 use super::{Failure, Target};
 
@@ -15,8 +22,11 @@ pub struct Handshake<'a> {
     target: Target,
     creds: Option<(&'a str, &'a str)>,
     phase: Phase,
-    /// 1 CONNECT, 3 UDP ASSOCIATE.
+    /// 1 CONNECT, 3 UDP ASSOCIATE; 0: none, the handshake ends after the
+    /// user/password reply (`auth_probe`).
     cmd: u8,
+    /// Every message was sent in the first flight.
+    pipelined: bool,
 }
 
 /// What to do next.
@@ -26,20 +36,59 @@ pub enum Step {
     Need,
     /// Send these bytes; the first `usize` input bytes are consumed.
     Send(Vec<u8>, usize),
+    /// The first `usize` input bytes were a reply; what it asked for went
+    /// out in the first flight (pipelined).
+    Consumed(usize),
     /// Connected; the first `usize` input bytes were the reply.
     Done(usize),
 }
 
 impl<'a> Handshake<'a> {
     pub fn new(target: Target, creds: Option<(&'a str, &'a str)>) -> Self {
-        Handshake { target, creds, phase: Phase::Method, cmd: 1 }
+        Handshake { target, creds, phase: Phase::Method, cmd: 1, pipelined: false }
+    }
+
+    /// A CONNECT whose messages all go in the first flight. Only with
+    /// credentials: without them there is no probe that proves the proxy
+    /// reads pipelined bytes (`auth_probe`), so `new` is used.
+    pub fn pipelined(target: Target, creds: (&'a str, &'a str)) -> Self {
+        Handshake { target, creds: Some(creds), phase: Phase::Method, cmd: 1, pipelined: true }
+    }
+
+    /// The greeting and the user/password request in one flight, and no
+    /// CONNECT: `Done` after the user/password reply shows the proxy read
+    /// the second message out of the greeting's write.
+    pub fn auth_probe(creds: (&'a str, &'a str)) -> Self {
+        let any = Target::Ip(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        Handshake { target: any, creds: Some(creds), phase: Phase::Method, cmd: 0, pipelined: true }
     }
 
     /// UDP ASSOCIATE: the client's address is not known in advance (the
     /// datagrams leave from a host socket), so it is sent as 0.0.0.0:0.
     pub fn associate(creds: Option<(&'a str, &'a str)>) -> Self {
         let any = Target::Ip(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        Handshake { target: any, creds, phase: Phase::Method, cmd: 3 }
+        Handshake { target: any, creds, phase: Phase::Method, cmd: 3, pipelined: false }
+    }
+
+    /// Whether the proxy's method reply was read: a stall after it, when
+    /// pipelined, is a proxy that dropped the pipelined messages.
+    pub fn past_greeting(&self) -> bool {
+        self.phase != Phase::Method
+    }
+
+    /// What goes out first: the greeting, and when pipelined every other
+    /// message too.
+    pub fn first_flight(&self) -> Result<Vec<u8>, Failure> {
+        let mut v = self.greeting();
+        if self.pipelined {
+            if let Some((u, p)) = self.creds {
+                v.extend_from_slice(&auth_request(u, p)?);
+            }
+            if self.cmd != 0 {
+                v.extend_from_slice(&self.request());
+            }
+        }
+        Ok(v)
     }
 
     /// The client greeting: offers no-auth, or user/password when we have
@@ -86,18 +135,11 @@ impl<'a> Handshake<'a> {
                 match (buf[1], self.creds) {
                     (0, None) => {
                         self.phase = Phase::Reply;
-                        Ok(Step::Send(self.request(), 2))
+                        if self.pipelined { Ok(Step::Consumed(2)) } else { Ok(Step::Send(self.request(), 2)) }
                     }
                     (2, Some((u, p))) => {
-                        if u.len() > 255 || p.len() > 255 {
-                            return Err(Failure::Auth(": username or password longer than 255 bytes".into()));
-                        }
-                        let mut v = vec![1, u.len() as u8];
-                        v.extend_from_slice(u.as_bytes());
-                        v.push(p.len() as u8);
-                        v.extend_from_slice(p.as_bytes());
                         self.phase = Phase::Auth;
-                        Ok(Step::Send(v, 2))
+                        if self.pipelined { Ok(Step::Consumed(2)) } else { Ok(Step::Send(auth_request(u, p)?, 2)) }
                     }
                     (0xff, Some(_)) => {
                         Err(Failure::Auth(": the proxy accepts none of our methods (user/password)".into()))
@@ -118,8 +160,11 @@ impl<'a> Handshake<'a> {
                 if buf[1] != 0 {
                     return Err(Failure::Auth(format!(" (status {})", buf[1])));
                 }
+                if self.cmd == 0 {
+                    return Ok(Step::Done(2));
+                }
                 self.phase = Phase::Reply;
-                Ok(Step::Send(self.request(), 2))
+                if self.pipelined { Ok(Step::Consumed(2)) } else { Ok(Step::Send(self.request(), 2)) }
             }
             Phase::Reply => {
                 if buf.len() < 5 {
@@ -145,6 +190,18 @@ impl<'a> Handshake<'a> {
             }
         }
     }
+}
+
+/// The RFC 1929 user/password request.
+fn auth_request(u: &str, p: &str) -> Result<Vec<u8>, Failure> {
+    if u.len() > 255 || p.len() > 255 {
+        return Err(Failure::Auth(": username or password longer than 255 bytes".into()));
+    }
+    let mut v = vec![1, u.len() as u8];
+    v.extend_from_slice(u.as_bytes());
+    v.push(p.len() as u8);
+    v.extend_from_slice(p.as_bytes());
+    Ok(v)
 }
 
 /// The address in a reply (BND.ADDR:BND.PORT): for UDP ASSOCIATE, the
@@ -243,6 +300,50 @@ mod tests {
         let long = "x".repeat(256);
         let mut h = Handshake::new(ip_target(), Some(("u", long.as_str())));
         assert!(matches!(h.feed(&[5, 2]), Err(Failure::Auth(_))));
+    }
+
+    #[test]
+    fn pipelined_flow_sends_everything_first_and_reads_three_replies() {
+        let target = Target::Name("api.exchange.test".into(), 443);
+        let mut h = Handshake::pipelined(target.clone(), ("u1", "p1"));
+        let mut seq = Handshake::new(target, Some(("u1", "p1")));
+        let flight = h.first_flight().unwrap();
+        // The same bytes as the sequential handshake's three messages.
+        let mut expect = seq.first_flight().unwrap();
+        let Ok(Step::Send(auth, 2)) = seq.feed(&[5, 2]) else { panic!() };
+        let Ok(Step::Send(req, 2)) = seq.feed(&[1, 0]) else { panic!() };
+        expect.extend(auth);
+        expect.extend(req);
+        assert_eq!(flight, expect);
+        assert!(!h.past_greeting());
+        assert_eq!(h.feed(&[5]), Ok(Step::Need));
+        assert_eq!(h.feed(&[5, 2, 1]), Ok(Step::Consumed(2)));
+        assert!(h.past_greeting());
+        assert_eq!(h.feed(&[1]), Ok(Step::Need));
+        assert_eq!(h.feed(&[1, 0, 5, 0]), Ok(Step::Consumed(2)));
+        assert_eq!(h.feed(&[5, 0, 0, 1, 1, 2, 3, 4, 0, 80, b'x']), Ok(Step::Done(10)));
+        // The replies' faults are the sequential ones.
+        let mut h = Handshake::pipelined(ip_target(), ("u", "p"));
+        assert!(matches!(h.feed(&[5, 0xff]), Err(Failure::Auth(_))));
+        let mut h = Handshake::pipelined(ip_target(), ("u", "p"));
+        h.feed(&[5, 2]).unwrap();
+        assert!(matches!(h.feed(&[1, 1]), Err(Failure::Auth(_))));
+        let long = "x".repeat(256);
+        assert!(matches!(Handshake::pipelined(ip_target(), ("u", &long)).first_flight(), Err(Failure::Auth(_))));
+    }
+
+    #[test]
+    fn auth_probe_ends_at_the_user_password_reply() {
+        let h = Handshake::auth_probe(("u1", "p1"));
+        assert_eq!(h.first_flight().unwrap(), vec![5, 1, 2, 1, 2, b'u', b'1', 2, b'p', b'1']);
+        let mut h = Handshake::auth_probe(("u1", "p1"));
+        assert_eq!(h.feed(&[5, 2]), Ok(Step::Consumed(2)));
+        assert_eq!(h.feed(&[1, 0]), Ok(Step::Done(2)));
+        let mut h = Handshake::auth_probe(("u1", "p1"));
+        h.feed(&[5, 2]).unwrap();
+        assert!(matches!(h.feed(&[1, 1]), Err(Failure::Auth(_))));
+        // Not pipelined: the greeting alone.
+        assert_eq!(Handshake::new(ip_target(), Some(("u", "p"))).first_flight().unwrap(), vec![5, 1, 2]);
     }
 
     #[test]
