@@ -98,6 +98,12 @@ pub fn render(f: &Figures) -> String {
     .collect();
     metric("dns_answers_total", "counter", "DNS answers given, by mode and result.", &rows);
     metric("dns_queries_total", "counter", "DNS queries received.", &one(s.dns_queries));
+    metric(
+        "tun_writes_dropped_total",
+        "counter",
+        "Packets to the program the TUN refused (its queue full; TCP sends again).",
+        &one(s.tun_writes_dropped),
+    );
     metric("udp_refused_total", "counter", "UDP packets refused (ICMP unreachable).", &one(s.udp_refused));
     metric(
         "udp_associations_total",
@@ -356,7 +362,14 @@ mod tests {
         let f = Figures {
             account: "acct".into(),
             dns_mode: "fake-ip".into(),
-            stats: Snapshot { flows_opened: 7, bytes_up: 10, bytes_down: 20, dns_nxdomain: 2, ..Default::default() },
+            stats: Snapshot {
+                flows_opened: 7,
+                bytes_up: 10,
+                bytes_down: 20,
+                dns_nxdomain: 2,
+                tun_writes_dropped: 4,
+                ..Default::default()
+            },
             failovers: 1,
             rotations: 2,
             burns: vec![("status_418".into(), 3)],
@@ -390,6 +403,7 @@ mod tests {
             "nsproxy_bytes_total{account=\"acct\",direction=\"down\"} 20",
             "nsproxy_dns_answers_total{account=\"acct\",mode=\"fake-ip\",result=\"nxdomain\"} 2",
             "nsproxy_failovers_total{account=\"acct\"} 1",
+            "nsproxy_tun_writes_dropped_total{account=\"acct\"} 4",
             "nsproxy_rotations_total{account=\"acct\"} 2",
             "nsproxy_burns_total{account=\"acct\",reason=\"status_418\"} 3",
             "nsproxy_proxy_info{account=\"acct\",proxy=\"a\",endpoint=\"socks5://10.0.0.1:1080\"} 1",

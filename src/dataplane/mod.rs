@@ -199,8 +199,9 @@ impl Dataplane {
     /// Registers the device with the runtime (call inside it).
     pub fn new(p: Parts) -> std::io::Result<Dataplane> {
         let tun = TunRef(Arc::new(crate::host::sys::register_async(p.device)?));
+        let stats: Arc<Stats> = p.stats.unwrap_or_default();
         let stack = Stack::new(
-            Box::new(FdSink { fd: tun.clone(), dropped: 0 }),
+            Box::new(FdSink { fd: tun.clone(), dropped: stats.tun_writes_dropped.clone() }),
             p.limits.mtu,
             p.limits.socket_buffer,
             p.limits.addresses.dns_v4(),
@@ -210,7 +211,7 @@ impl Dataplane {
             router: p.router,
             names: p.names,
             limits: p.limits,
-            stats: p.stats.unwrap_or_default(),
+            stats,
             shared: Arc::new(Shared::new(stack)),
             dns: p.dns,
             tun,

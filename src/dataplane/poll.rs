@@ -118,7 +118,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], truste
                     ctx.stats.dns_reply(r);
                 }
                 if let Some(out) = reply.and_then(|r| packet::udp_packet(dst, src, &r)) {
-                    let _ = super::device::write_plain(ctx.tun.as_fd(), &out);
+                    super::device::write_plain(ctx.tun.as_fd(), &out, &ctx.stats.tun_writes_dropped);
                 }
                 return;
             }
@@ -128,7 +128,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], truste
                 let Some(r) = ctx.dns.answer(&query, true).await else { return };
                 ctx.stats.dns_reply(&r);
                 if let Some(out) = packet::udp_packet(dst, src, &r) {
-                    let _ = super::device::write_plain(ctx.tun.as_fd(), &out);
+                    super::device::write_plain(ctx.tun.as_fd(), &out, &ctx.stats.tun_writes_dropped);
                 }
             });
         }

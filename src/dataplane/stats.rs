@@ -1,6 +1,7 @@
 //! Counters of one account's data plane; `snapshot` turns them into the
 //! published `stats.json` schema.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::published::stats::Snapshot;
@@ -22,6 +23,10 @@ pub struct Stats {
     pub dns_servfail: AtomicU64,
     pub dns_other: AtomicU64,
     pub packets_dropped: AtomicU64,
+    /// Packets to the program that the TUN refused (its queue full): TCP
+    /// sends them again; a DNS answer or UDP datagram is lost. Shared
+    /// with the device's sink.
+    pub tun_writes_dropped: Arc<AtomicU64>,
     pub udp_refused: AtomicU64,
     /// `udp: proxy`: associations opened, datagrams and payload bytes each
     /// way, datagrams dropped (queue full, bad header), fragments dropped.
@@ -65,6 +70,7 @@ impl Stats {
             dns_servfail: g(&self.dns_servfail),
             dns_other: g(&self.dns_other),
             packets_dropped: g(&self.packets_dropped),
+            tun_writes_dropped: g(&self.tun_writes_dropped),
             udp_refused: g(&self.udp_refused),
             udp_associations: g(&self.udp_associations),
             udp_datagrams_up: g(&self.udp_datagrams_up),

@@ -180,7 +180,7 @@ async fn run(
                     Ok((_, data)) => {
                         // From the address the program sent to.
                         if let Some(out) = packet::udp_packet(key.1, key.0, data) {
-                            let _ = super::device::write_plain(ctx.tun.as_fd(), &out);
+                            super::device::write_plain(ctx.tun.as_fd(), &out, &ctx.stats.tun_writes_dropped);
                         }
                         count(&ctx.stats.udp_datagrams_down, 1);
                         count(&ctx.stats.udp_bytes_down, data.len());

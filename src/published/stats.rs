@@ -28,6 +28,8 @@ pub struct Snapshot {
     #[serde(default)]
     pub dns_other: u64,
     pub packets_dropped: u64,
+    #[serde(default)]
+    pub tun_writes_dropped: u64,
     pub udp_refused: u64,
     #[serde(default)]
     pub udp_associations: u64,
