@@ -1,5 +1,7 @@
 //! What a proxy answers: SOCKS5 (method choice, auth status, CONNECT
-//! reply) and HTTP CONNECT responses, split at a fuzzed point as TCP could.
+//! reply) and HTTP CONNECT responses, split at a fuzzed point as TCP could;
+//! the SOCKS5 handshake one message at a time, pipelined, and the
+//! pipelining probe.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use nsproxy::proxy::socks5::{Handshake, Step};
@@ -7,9 +9,15 @@ use nsproxy::proxy::{Target, http};
 
 fuzz_target!(|data: &[u8]| {
     let _ = http::parse_response(data);
-    for creds in [None, Some(("user", "pass"))] {
-        let mut hs = Handshake::new(Target::Name("api.exchange.test".into(), 443), creds);
-        let _ = hs.greeting();
+    let target = || Target::Name("api.exchange.test".into(), 443);
+    let shakes = [
+        Handshake::new(target(), None),
+        Handshake::new(target(), Some(("user", "pass"))),
+        Handshake::pipelined(target(), ("user", "pass")),
+        Handshake::auth_probe(("user", "pass")),
+    ];
+    for mut hs in shakes {
+        let _ = hs.first_flight();
         let mut buf: Vec<u8> = Vec::new();
         let mut rest = data;
         for _ in 0..16 {
@@ -20,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             match hs.feed(&buf) {
                 Ok(Step::Need) if rest.is_empty() => break,
                 Ok(Step::Need) => {}
-                Ok(Step::Send(_, used)) => {
+                Ok(Step::Send(_, used) | Step::Consumed(used)) => {
                     assert!(used <= buf.len());
                     buf.drain(..used);
                 }
