@@ -185,16 +185,20 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let sock = socket2_ref(&stream);
         let _ = sock.set_keepalive(true);
-        let pipelined = self.pipeline_creds().is_some();
+        // Decided once: the demotion below must know what the handshake did.
+        let pipeline = self.pipeline_creds();
+        let pipelined = pipeline.is_some();
         let handshake = async {
             match &self.tls {
-                None => self.handshake(stream, target).await.map(|(s, leftover)| (ProxyStream::Tcp(s), leftover)),
+                None => {
+                    self.handshake(stream, target, pipeline).await.map(|(s, leftover)| (ProxyStream::Tcp(s), leftover))
+                }
                 Some(tls) => {
                     let tls = tls
                         .as_ref()
                         .map_err(|reason| ProxyError::Tls { proxy: proxy.clone(), reason: reason.clone() })?;
                     let s = self.tls_session(tls, stream).await?;
-                    self.handshake(s, target).await.map(|(s, leftover)| (ProxyStream::Tls(Box::new(s)), leftover))
+                    self.handshake(s, target, None).await.map(|(s, leftover)| (ProxyStream::Tls(Box::new(s)), leftover))
                 }
             }
         };
@@ -297,10 +301,13 @@ impl Upstream {
         Ok(Associated { control: s, socket, relay })
     }
 
+    /// The proxy's handshake over `s`; SOCKS5 pipelined with `pipeline`
+    /// (`pipeline_creds`), else one message at a time.
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut s: S,
         target: &Target,
+        pipeline: Option<(&str, &str)>,
     ) -> Result<(S, Vec<u8>), ProxyError> {
         let proxy = self.name();
         let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
@@ -308,7 +315,7 @@ impl Upstream {
         let mut buf = Vec::with_capacity(512);
         match self.entry.scheme {
             Scheme::Socks5 => {
-                let mut hs = match self.pipeline_creds() {
+                let mut hs = match pipeline {
                     Some(c) => socks5::Handshake::pipelined(target.clone(), c),
                     None => socks5::Handshake::new(target.clone(), creds),
                 };
