@@ -269,23 +269,8 @@ impl Upstream {
         let reply = tokio::time::timeout(e.handshake_timeout, async {
             let mut hs = socks5::Handshake::associate(creds);
             let mut buf = Vec::with_capacity(64);
-            s.write_all(&hs.first_flight().map_err(|f| f.into_error(&proxy, &any))?).await.map_err(io)?;
-            loop {
-                match hs.feed(&buf).map_err(|f| f.into_error(&proxy, &any))? {
-                    socks5::Step::Need => {}
-                    socks5::Step::Consumed(used) => {
-                        buf.drain(..used);
-                        continue;
-                    }
-                    socks5::Step::Send(out, used) => {
-                        buf.drain(..used);
-                        s.write_all(&out).await.map_err(io)?;
-                        continue;
-                    }
-                    socks5::Step::Done(used) => return Ok(buf[..used].to_vec()),
-                }
-                read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
-            }
+            let used = socks5_exchange(&mut s, &mut hs, &mut buf, &proxy, &any).await?;
+            Ok::<_, ProxyError>(buf[..used].to_vec())
         })
         .await
         .map_err(|_| ProxyError::HandshakeTimeout { proxy: proxy.clone(), timeout: e.handshake_timeout })??;
@@ -319,27 +304,9 @@ impl Upstream {
                     Some(c) => socks5::Handshake::pipelined(target.clone(), c),
                     None => socks5::Handshake::new(target.clone(), creds),
                 };
-                let flight = hs.first_flight().map_err(|f| f.into_error(&proxy, target))?;
-                s.write_all(&flight).await.map_err(io)?;
-                loop {
-                    match hs.feed(&buf).map_err(|f| f.into_error(&proxy, target))? {
-                        socks5::Step::Need => {}
-                        socks5::Step::Send(out, used) => {
-                            buf.drain(..used);
-                            s.write_all(&out).await.map_err(io)?;
-                            continue;
-                        }
-                        socks5::Step::Consumed(used) => {
-                            buf.drain(..used);
-                            continue;
-                        }
-                        socks5::Step::Done(used) => {
-                            buf.drain(..used);
-                            return Ok((s, buf));
-                        }
-                    }
-                    read_more(&mut s, &mut buf, 1024).await.map_err(io)?;
-                }
+                let used = socks5_exchange(&mut s, &mut hs, &mut buf, &proxy, target).await?;
+                buf.drain(..used);
+                Ok((s, buf))
             }
             Scheme::Http | Scheme::Https => {
                 s.write_all(&http::request(target, creds)).await.map_err(io)?;
@@ -352,6 +319,34 @@ impl Upstream {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Drives a SOCKS5 handshake over `s`: its first flight, then what each
+/// reply asks for. Returns the length of the final reply, at the start of
+/// `buf` (what follows it belongs to the relay).
+async fn socks5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    hs: &mut socks5::Handshake<'_>,
+    buf: &mut Vec<u8>,
+    proxy: &str,
+    target: &Target,
+) -> Result<usize, ProxyError> {
+    let io = |source| ProxyError::Io { proxy: proxy.to_string(), source };
+    let flight = hs.first_flight().map_err(|f| f.into_error(proxy, target))?;
+    s.write_all(&flight).await.map_err(io)?;
+    loop {
+        match hs.feed(buf).map_err(|f| f.into_error(proxy, target))? {
+            socks5::Step::Need => read_more(s, buf, 1024).await.map_err(io)?,
+            socks5::Step::Send(out, used) => {
+                buf.drain(..used);
+                s.write_all(&out).await.map_err(io)?;
+            }
+            socks5::Step::Consumed(used) => {
+                buf.drain(..used);
+            }
+            socks5::Step::Done(used) => return Ok(used),
         }
     }
 }

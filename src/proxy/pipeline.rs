@@ -9,7 +9,6 @@
 //! connection probes again.
 
 use std::sync::atomic::Ordering;
-
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
