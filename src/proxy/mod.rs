@@ -45,6 +45,14 @@ impl fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// 0.0.0.0:0: the destination of a message that has none (UDP
+    /// ASSOCIATE, the pipelining probe).
+    pub fn unspecified() -> Self {
+        Target::Ip(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
 /// Why a proxied connection could not be opened. `Display` names the proxy
 /// by label and `scheme://host:port`, never its credentials.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +273,7 @@ impl Upstream {
             s.peer_addr().map(|a| a.ip()).map_err(|source| ProxyError::Io { proxy: proxy.clone(), source })?;
         let io = |source| ProxyError::Io { proxy: proxy.clone(), source };
         let creds = self.creds.as_ref().map(|c| (c.user.expose(), c.pass.expose()));
-        let any = Target::Ip(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let any = Target::unspecified();
         let reply = tokio::time::timeout(e.handshake_timeout, async {
             let mut hs = socks5::Handshake::associate(creds);
             let mut buf = Vec::with_capacity(64);

@@ -59,15 +59,13 @@ impl<'a> Handshake<'a> {
     /// CONNECT: `Done` after the user/password reply shows the proxy read
     /// the second message out of the greeting's write.
     pub fn auth_probe(creds: (&'a str, &'a str)) -> Self {
-        let any = Target::Ip(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        Handshake { target: any, creds: Some(creds), phase: Phase::Method, cmd: 0, pipelined: true }
+        Handshake { target: Target::unspecified(), creds: Some(creds), phase: Phase::Method, cmd: 0, pipelined: true }
     }
 
     /// UDP ASSOCIATE: the client's address is not known in advance (the
     /// datagrams leave from a host socket), so it is sent as 0.0.0.0:0.
     pub fn associate(creds: Option<(&'a str, &'a str)>) -> Self {
-        let any = Target::Ip(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        Handshake { target: any, creds, phase: Phase::Method, cmd: 3, pipelined: false }
+        Handshake { target: Target::unspecified(), creds, phase: Phase::Method, cmd: 3, pipelined: false }
     }
 
     /// Whether the proxy's method reply was read: a stall after it, when
