@@ -196,6 +196,9 @@ fn one_account_of_a_single_file_is_validated_alone() {
     let ov = Default::default();
     let select = |only: Option<&str>| nsproxy::config::select(&file, &ov, only).map_err(|e| format!("{e:#}"));
     assert_eq!(select(Some("alpha")).expect("alpha alone")[0].name, "alpha");
+    // The origin of an account taken out alone is its place in the file.
+    let a2 = select(Some("alpha2")).expect("alpha2 alone");
+    assert_eq!((a2[0].origin.path.to_string(), a2[0].origin.line), ("accounts[2]".to_string(), Some(6)));
     let e = select(Some("gamma")).unwrap_err();
     // Only gamma's entry was parsed, yet the line and the index are the file's.
     assert!(e.contains(".yaml:5: accounts[1].proxies[0].url") && e.contains("unsupported proxy scheme"), "{e}");

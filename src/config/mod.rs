@@ -249,7 +249,7 @@ fn load_named(path: &Path, ov: &Overrides, name: &str) -> Result<Option<Account>
         // narrowing cannot handle, or whose narrowed text is not YAML, is
         // parsed whole so its errors are the parser's own.
         let narrowed = narrow::only_account(&text, name)
-            .map(|t| validate::parse_one_for(&file, &t, ov, Some(name)))
+            .map(|n| validate::parse_narrowed(&file, &n, ov, Some(name)))
             .filter(|(_, p, _)| !p.iter().any(|p| p.message.starts_with(validate::NOT_YAML)));
         let (mut a, mut p, r) = narrowed.unwrap_or_else(|| validate::parse_one_for(&file, &text, ov, Some(name)));
         accounts.append(&mut a);

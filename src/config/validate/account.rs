@@ -189,7 +189,7 @@ pub(super) fn account(
     Some(Account {
         name: name?,
         namespace: namespace?,
-        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path), path: path.clone() },
+        origin: Origin { file: ctx.file.to_path_buf(), line: ctx.lines.locate(path), path: ctx.in_file(path) },
         exec,
         proxies,
         dns: dns?,

@@ -36,6 +36,9 @@ struct Ctx<'a> {
     problems: Vec<Problem>,
     /// Fields set by overrides, and by which (latest last).
     overridden: Vec<(FieldPath, String)>,
+    /// A narrowed text's entries: the file's index of each (empty: the
+    /// text is the file's own).
+    entries: &'a [usize],
 }
 
 impl Ctx<'_> {
@@ -44,10 +47,15 @@ impl Ctx<'_> {
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
             line: if via.is_some() { None } else { self.lines.locate(path) },
-            field: path.to_string(),
+            field: self.in_file(path).to_string(),
             message: message.into(),
             via,
         });
+    }
+
+    /// `path` as the file numbers it (see `narrow`).
+    fn in_file(&self, path: &FieldPath) -> FieldPath {
+        super::narrow::in_file(path, self.entries)
     }
 
     /// `v` as a mapping whose keys are all in `known`; reports unknown keys.
@@ -190,7 +198,28 @@ pub fn parse_one_for(
     ov: &Overrides,
     only: Option<&str>,
 ) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
-    let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new(), overridden: Vec::new() };
+    parse_entries(file, text, &[], ov, only)
+}
+
+/// `parse_one_for` on a narrowed text: lines are the file's, and list
+/// indexes in problems and origins become the file's.
+pub fn parse_narrowed(
+    file: &Path,
+    n: &super::narrow::Narrowed,
+    ov: &Overrides,
+    only: Option<&str>,
+) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
+    parse_entries(file, &n.text, &n.entries, ov, only)
+}
+
+fn parse_entries(
+    file: &Path,
+    text: &str,
+    entries: &[usize],
+    ov: &Overrides,
+    only: Option<&str>,
+) -> (Vec<Account>, Vec<Problem>, Vec<bool>) {
+    let mut ctx = Ctx { file, lines: LineIndex::build(text), problems: Vec::new(), overridden: Vec::new(), entries };
     let mut reached = vec![false; ov.items.len()];
     let mut root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
