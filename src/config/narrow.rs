@@ -85,6 +85,9 @@ pub fn only_account(text: &str, name: &str) -> Option<Narrowed> {
             r.is_empty() || r.starts_with('#')
         })
     })?;
+    // Items: from the first content line after `accounts:` to the first
+    // line indented less than it (or at column 0 that is not a `- ` item
+    // when the list itself is at column 0).
     let first = (start + 1..lines.len()).find(|&i| !empty(bodies[i]))?;
     let item_indent = indent(bodies[first]);
     let is_item =
@@ -105,6 +108,7 @@ pub fn only_account(text: &str, name: &str) -> Option<Narrowed> {
     // Byte offset of each line in `text` (the lines are slices of it).
     let offset = |i: usize| lines.get(i).map_or(text.len(), |l| l.as_ptr() as usize - text.as_ptr() as usize);
     let hits = mentions_at(text, name);
+    // Entry boundaries within [first, end).
     let starts: Vec<usize> = (first..end).filter(|&i| is_item(bodies[i])).collect();
     let mut out = String::with_capacity(text.len());
     lines[..first].iter().for_each(|l| out.push_str(l));
@@ -185,6 +189,7 @@ mod tests {
         assert_eq!(n.entries, vec![0], "{}", n.text);
         let v: serde_yaml::Value = serde_yaml::from_str(&n.text).expect("yaml");
         assert_eq!(v["accounts"][0]["name"].as_str(), Some("a-1"));
+        assert_eq!(v["accounts"].as_sequence().map(Vec::len), Some(1), "{}", n.text);
         assert!(mentions("x: 'a-1'", "a-1") && mentions("a-1", "a-1") && !mentions("a-10", "a-1"));
         assert!(!mentions("ns-a-1", "a-1") && !mentions("a-1_b", "a-1") && mentions("a-1.x", "a-1"));
     }
