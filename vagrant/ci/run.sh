@@ -11,11 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
-# Under software emulation everything is several times slower: the
-# default is the core of the end-to-end suite (the data path, the proxy
-# faults, the leak probes: about 10 minutes under TCG), which keeps CI
-# within its budget; NSP_VM_TESTS="lifecycle pool ..." runs others.
-TESTS=${NSP_VM_TESTS:-dataplane proxy_faults leaks}
+TESTS=${NSP_VM_TESTS:-dataplane proxy_faults leaks}  # build.sh says why
 CACHE=${NSP_VM_CACHE:-/var/tmp/nsproxy-vagrant}
 export VM_NETNS="nspvm$$" VM_STATE
 VM_STATE=$(mktemp -d /tmp/nsproxy-vm.XXXXXX)
@@ -64,17 +60,7 @@ vagrant box add --force --name "$VAGRANT_BOX" "$box" >/dev/null
 
 step "building nsproxy and the test executables on the host (release): $TESTS"
 cd "$REPO"
-cargo build --release --locked --quiet
-targs=()
-for t in $TESTS; do targs+=(--test "$t"); done
-cargo test --release --locked --no-run --message-format=json "${targs[@]}" 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])' >"$VM_STATE/tests.list"
-[ "$(wc -l <"$VM_STATE/tests.list")" -eq "$(wc -w <<<"$TESTS")" ] \
-  || { echo "expected one executable per test in: $TESTS" >&2; cat "$VM_STATE/tests.list" >&2; exit 1; }
+"$HERE/build.sh" "$VM_STATE/tests.list"
 # The executables name nsproxy and the sources by absolute path: both go
 # to the same paths in the VM (the sources are synced to $REPO there).
 # Stripped of debug info: everything goes in over ssh to an emulated CPU.
