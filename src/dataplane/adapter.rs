@@ -16,11 +16,13 @@ pub struct SmolStream {
     pub(super) shared: Arc<Shared>,
     pub(super) handle: SocketHandle,
     abort_on_drop: bool,
+    /// Bytes moved both ways (whether the stack may keep the socket).
+    pub(super) moved: u64,
 }
 
 impl SmolStream {
     pub fn new(shared: Arc<Shared>, handle: SocketHandle) -> Self {
-        SmolStream { shared, handle, abort_on_drop: false }
+        SmolStream { shared, handle, abort_on_drop: false, moved: 0 }
     }
 
     /// Waits until the three-way handshake completes; Err if the program
@@ -51,20 +53,22 @@ impl SmolStream {
 
 impl Drop for SmolStream {
     fn drop(&mut self) {
-        self.shared.lock().detach(self.handle, self.abort_on_drop);
+        self.shared.lock().detach(self.handle, self.abort_on_drop, self.moved);
         self.shared.notify.notify_one();
     }
 }
 
 impl AsyncRead for SmolStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut st = self.shared.lock();
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
         let s = st.socket(self.handle);
         if s.can_recv() {
             let n = s.recv_slice(buf.initialize_unfilled()).unwrap_or_default();
             buf.advance(n);
             drop(st);
-            self.shared.notify.notify_one();
+            self.moved += n as u64;
+            shared.notify.notify_one();
             return Poll::Ready(Ok(()));
         }
         match s.recv_slice(&mut []) {
@@ -79,13 +83,15 @@ impl AsyncRead for SmolStream {
 }
 
 impl AsyncWrite for SmolStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let mut st = self.shared.lock();
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
         let s = st.socket(self.handle);
         if s.can_send() {
             let n = s.send_slice(data).unwrap_or(0);
             drop(st);
-            self.shared.notify.notify_one();
+            self.moved += n as u64;
+            shared.notify.notify_one();
             return Poll::Ready(Ok(n));
         }
         if s.may_send() || matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {

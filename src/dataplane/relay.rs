@@ -128,6 +128,7 @@ impl Flow<'_> {
             match r {
                 Ok(Io::Moved(n)) => {
                     drop(st);
+                    self.program.moved += n as u64;
                     self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                     self.proxy.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                     self.progressed = true;
@@ -185,6 +186,7 @@ impl Flow<'_> {
             match r {
                 Ok(Io::Moved(n)) => {
                     drop(st);
+                    self.program.moved += n as u64;
                     self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                     self.proxy.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                     self.progressed = true;

@@ -30,11 +30,26 @@ pub enum Flow {
 struct SockInfo {
     key: FlowKey,
     detached_at: Option<Instant>,
+    /// The flow moved at most `RECYCLE_BYTES`: its buffers have few pages
+    /// touched, so the socket may be kept for the next flow.
+    small: bool,
 }
 
 /// How long a detached socket may linger (FIN-WAIT, LAST-ACK) before it is
 /// removed regardless.
 const LINGER: Duration = Duration::from_secs(30);
+
+/// Closed sockets kept for the next flows: a new socket maps two fresh
+/// buffers (`limits.socket_buffer` each, above glibc's mmap threshold) and
+/// faults their first pages in, and its removal unmaps them again, on
+/// every connection. Only a socket whose flow moved at most
+/// `RECYCLE_BYTES` is kept (the buffers restart at their first byte, so
+/// what stays resident is about what that flow touched), at most
+/// `RECYCLE_MAX` of them, and all are released at the first turn after
+/// `RECYCLE_IDLE` without a new flow (no wake-up of their own).
+pub const RECYCLE_MAX: usize = 8;
+pub const RECYCLE_BYTES: u64 = 64 * 1024;
+const RECYCLE_IDLE: Duration = Duration::from_secs(2);
 
 pub struct Stack {
     iface: Interface,
@@ -45,6 +60,10 @@ pub struct Stack {
     /// Sockets whose adapter is gone, waiting to close: the only ones
     /// `reap` looks at, so its cost does not grow with open flows.
     detached: Vec<SocketHandle>,
+    /// Closed sockets kept for the next flows (`RECYCLE_MAX`).
+    free: Vec<SocketHandle>,
+    /// When a socket was last created or taken from `free`.
+    last_accept: Instant,
     epoch: std::time::Instant,
     buf_size: usize,
     pending: usize,
@@ -78,6 +97,8 @@ impl Stack {
             flows: HashMap::new(),
             socks: HashMap::new(),
             detached: Vec::new(),
+            free: Vec::new(),
+            last_accept: Instant::from_micros(0),
             epoch,
             buf_size,
             pending: 0,
@@ -123,24 +144,38 @@ impl Stack {
         }
     }
 
-    /// Upstream is ready: create the listener and hand the held SYN to it.
+    /// Upstream is ready: create the listener (or take a kept one) and hand
+    /// the held SYN to it.
     pub fn accept(&mut self, key: FlowKey, syn: Vec<u8>) -> Option<SocketHandle> {
         self.end_pending(&key);
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
-        let mut s = tcp::Socket::new(rx, tx);
-        s.set_nagle_enabled(false);
-        s.set_ack_delay(Some(Duration::from_millis(1)));
+        self.last_accept = self.now();
         let ep = IpListenEndpoint { addr: Some(key.1.ip().into()), port: key.1.port() };
-        if s.listen(ep).is_err() {
+        let h = match self.free.pop() {
+            Some(h) => h,
+            None => {
+                let rx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
+                let tx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
+                let mut s = tcp::Socket::new(rx, tx);
+                s.set_nagle_enabled(false);
+                s.set_ack_delay(Some(Duration::from_millis(1)));
+                self.sockets.add(s)
+            }
+        };
+        // A kept socket is Closed: listen resets its state and buffers.
+        if self.sockets.get_mut::<tcp::Socket>(h).listen(ep).is_err() {
+            self.free.push(h);
             self.dev.push(syn);
             return None;
         }
-        let h = self.sockets.add(s);
         self.flows.insert(key, Flow::Open(h));
-        self.socks.insert(h, SockInfo { key, detached_at: None });
+        self.socks.insert(h, SockInfo { key, detached_at: None, small: false });
         self.dev.push(syn);
         Some(h)
+    }
+
+    /// Sockets kept for the next flows (`RECYCLE_MAX` at most).
+    pub fn kept(&self) -> usize {
+        self.free.len()
     }
 
     /// Refuses the flow: the SYN meets no listener and the stack sends RST.
@@ -154,28 +189,39 @@ impl Stack {
     }
 
     /// The adapter is gone: close (FIN after queued data) or abort (RST).
-    pub fn detach(&mut self, h: SocketHandle, abort: bool) {
+    /// `moved`: the bytes its flow moved both ways.
+    pub fn detach(&mut self, h: SocketHandle, abort: bool, moved: u64) {
         let now = self.now();
         if let Some(info) = self.socks.get_mut(&h) {
             if info.detached_at.is_none() {
                 self.detached.push(h);
             }
             info.detached_at = Some(now);
+            info.small = moved <= RECYCLE_BYTES;
             let s = self.sockets.get_mut::<tcp::Socket>(h);
             if abort { s.abort() } else { s.close() }
         }
     }
 
-    /// Removes detached sockets that are closed, in TIME-WAIT, or lingered.
+    /// Removes detached sockets that are closed, in TIME-WAIT, or lingered
+    /// (a small closed one is kept for the next flow instead), and the kept
+    /// ones after `RECYCLE_IDLE` without a new flow.
     pub fn reap(&mut self, now: Instant) -> usize {
+        if !self.free.is_empty() && now - self.last_accept > RECYCLE_IDLE {
+            for h in self.free.drain(..) {
+                self.sockets.remove(h);
+            }
+        }
         if self.detached.is_empty() {
             return 0;
         }
         let (socks, sockets) = (&self.socks, &self.sockets);
         let (done, waiting): (Vec<SocketHandle>, Vec<SocketHandle>) = self.detached.iter().partition(|h| {
             socks.get(h).and_then(|i| i.detached_at).is_none_or(|t| {
-                let st = sockets.get::<tcp::Socket>(**h).state();
-                matches!(st, tcp::State::Closed | tcp::State::TimeWait) || now - t > LINGER
+                let s = sockets.get::<tcp::Socket>(**h);
+                // Closed with a peer still set: aborted, its RST not sent yet.
+                let closed = s.state() == tcp::State::Closed && s.remote_endpoint().is_none();
+                closed || s.state() == tcp::State::TimeWait || now - t > LINGER
             })
         });
         self.detached = waiting;
@@ -186,8 +232,15 @@ impl Stack {
             if self.flows.get(&info.key) == Some(&Flow::Open(*h)) {
                 self.flows.remove(&info.key);
             }
-            self.sockets.remove(*h);
             reaped += 1;
+            // Closed with no peer left: listen() can take it as it is.
+            let s = self.sockets.get::<tcp::Socket>(*h);
+            let idle = s.state() == tcp::State::Closed && s.remote_endpoint().is_none();
+            if info.small && idle && self.free.len() < RECYCLE_MAX {
+                self.free.push(*h);
+                continue;
+            }
+            self.sockets.remove(*h);
         }
         reaped
     }
@@ -347,10 +400,119 @@ mod tests {
         st.poll(now);
         assert_eq!(st.socket(h).state(), tcp::State::Closed);
         assert_eq!(st.reap(now), 0, "not reaped while the adapter holds it");
-        st.detach(h, false);
+        st.detach(h, false, 10);
         assert_eq!(st.reap(now), 1);
         assert_eq!(st.counts(), (0, 0));
         assert_eq!(st.flow(&key()), None);
+    }
+
+    /// Accepts a flow from `port` and completes the handshake: the handle
+    /// and the stack's initial sequence number.
+    fn open_flow(st: &mut Stack, cap: &Capture, port: u16) -> (SocketHandle, u32) {
+        let client = SocketAddrV4::new(*CLIENT.ip(), port);
+        let k = (SocketAddr::V4(client), SocketAddr::V4(SERVER));
+        let syn = crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::Syn, 1000, None, b"");
+        st.begin(k);
+        let h = st.accept(k, syn).expect("listener");
+        let now = st.now();
+        st.poll(now);
+        let (_, synack, _, isn, ackn, _) = parse_from(&cap.take()[0], client);
+        assert!(synack && ackn == 1001, "SYN-ACK for port {port}");
+        let ack = crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::None, 1001, Some(isn + 1), b"");
+        st.dev.push(ack);
+        let now = st.now();
+        st.poll(now);
+        assert_eq!(st.socket(h).state(), tcp::State::Established);
+        (h, isn)
+    }
+
+    fn parse_from(pkt: &[u8], client: SocketAddrV4) -> (bool, bool, bool, u32, u32, Vec<u8>) {
+        let ip = Ipv4Packet::new_checked(pkt).expect("ipv4");
+        assert_eq!(ip.dst_addr(), *client.ip());
+        let t = TcpPacket::new_checked(ip.payload()).expect("tcp");
+        assert_eq!(t.dst_port(), client.port(), "reply to the flow's own port");
+        (t.rst(), t.syn(), t.ack(), t.seq_number().0 as u32, t.ack_number().0 as u32, t.payload().to_vec())
+    }
+
+    /// The client resets the flow from `port` and the adapter lets go.
+    fn end_flow(st: &mut Stack, h: SocketHandle, port: u16, seq: u32, moved: u64) {
+        let client = SocketAddrV4::new(*CLIENT.ip(), port);
+        st.dev.push(crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::Rst, seq, None, b""));
+        let now = st.now();
+        st.poll(now);
+        assert_eq!(st.socket(h).state(), tcp::State::Closed, "the client's RST closed it");
+        st.detach(h, false, moved);
+        let now = st.now();
+        assert_eq!(st.reap(now), 1);
+    }
+
+    #[test]
+    fn a_small_flows_socket_carries_the_next_flow_and_a_big_ones_does_not() {
+        let (mut st, cap) = stack();
+        let (h1, _) = open_flow(&mut st, &cap, 40001);
+        end_flow(&mut st, h1, 40001, 1001, RECYCLE_BYTES);
+        assert_eq!((st.kept(), st.counts()), (1, (0, 0)), "kept, and no flow left");
+        // The next flow gets the kept socket, reset: a new handshake, and
+        // data at the start of its buffers, to the new port only.
+        let (h2, isn) = open_flow(&mut st, &cap, 40002);
+        assert_eq!((h2, st.kept()), (h1, 0));
+        let client = SocketAddrV4::new(*CLIENT.ip(), 40002);
+        st.dev.push(crate::dataplane::packet::tcp_segment(
+            client,
+            SERVER,
+            TcpControl::Psh,
+            1001,
+            Some(isn + 1),
+            b"again",
+        ));
+        let now = st.now();
+        st.poll(now);
+        let mut buf = [0u8; 16];
+        let n = st.socket(h2).recv_slice(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"again");
+        assert!(!st.socket(h2).nagle_enabled(), "its settings stay");
+        st.socket(h2).send_slice(b"back").expect("send");
+        let now = st.now();
+        st.poll(now);
+        let data: Vec<Vec<u8>> = cap.take().iter().map(|p| parse_from(p, client).5).filter(|p| !p.is_empty()).collect();
+        assert_eq!(data, vec![b"back".to_vec()]);
+        // A flow that moved more is removed, not kept.
+        end_flow(&mut st, h2, 40002, 1006, RECYCLE_BYTES + 1);
+        assert_eq!(st.kept(), 0);
+    }
+
+    #[test]
+    fn kept_sockets_are_bounded_and_released_when_no_flow_comes() {
+        let (mut st, cap) = stack();
+        let flows: Vec<_> =
+            (0..RECYCLE_MAX as u16 + 2).map(|i| (open_flow(&mut st, &cap, 41000 + i).0, 41000 + i)).collect();
+        for (h, port) in flows {
+            end_flow(&mut st, h, port, 1001, 100);
+        }
+        assert_eq!(st.kept(), RECYCLE_MAX);
+        let now = st.now();
+        st.reap(now);
+        assert_eq!(st.kept(), RECYCLE_MAX, "not released while flows came a moment ago");
+        st.reap(now + RECYCLE_IDLE + Duration::from_millis(1));
+        assert_eq!(st.kept(), 0, "released after RECYCLE_IDLE without a new flow");
+        let now = st.now();
+        st.poll(now);
+        assert_eq!(st.delay(now), None, "nothing left asks for a wake-up");
+    }
+
+    #[test]
+    fn an_aborted_socket_is_reaped_only_after_its_reset_went_out() {
+        let (mut st, cap) = stack();
+        let (h, _) = open_flow(&mut st, &cap, 42000);
+        st.detach(h, true, 0);
+        let now = st.now();
+        assert_eq!(st.reap(now), 0, "not reaped while its RST is still to be sent");
+        assert_eq!(st.kept(), 0);
+        st.poll(now);
+        let out = cap.take();
+        let client = SocketAddrV4::new(*CLIENT.ip(), 42000);
+        assert!(out.iter().any(|p| parse_from(p, client).0), "the RST went out");
+        assert_eq!((st.reap(now), st.kept()), (1, 1), "then reaped, and kept");
     }
 
     #[test]
