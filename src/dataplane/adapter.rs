@@ -60,15 +60,14 @@ impl Drop for SmolStream {
 
 impl AsyncRead for SmolStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let shared = self.shared.clone();
-        let mut st = shared.lock();
+        let mut st = self.shared.lock();
         let s = st.socket(self.handle);
         if s.can_recv() {
             let n = s.recv_slice(buf.initialize_unfilled()).unwrap_or_default();
             buf.advance(n);
             drop(st);
             self.moved += n as u64;
-            shared.notify.notify_one();
+            self.shared.notify.notify_one();
             return Poll::Ready(Ok(()));
         }
         match s.recv_slice(&mut []) {
@@ -84,14 +83,13 @@ impl AsyncRead for SmolStream {
 
 impl AsyncWrite for SmolStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let shared = self.shared.clone();
-        let mut st = shared.lock();
+        let mut st = self.shared.lock();
         let s = st.socket(self.handle);
         if s.can_send() {
             let n = s.send_slice(data).unwrap_or(0);
             drop(st);
             self.moved += n as u64;
-            shared.notify.notify_one();
+            self.shared.notify.notify_one();
             return Poll::Ready(Ok(n));
         }
         if s.may_send() || matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {

@@ -219,9 +219,7 @@ impl Stack {
         let (done, waiting): (Vec<SocketHandle>, Vec<SocketHandle>) = self.detached.iter().partition(|h| {
             socks.get(h).and_then(|i| i.detached_at).is_none_or(|t| {
                 let s = sockets.get::<tcp::Socket>(**h);
-                // Closed with a peer still set: aborted, its RST not sent yet.
-                let closed = s.state() == tcp::State::Closed && s.remote_endpoint().is_none();
-                closed || s.state() == tcp::State::TimeWait || now - t > LINGER
+                closed_for_good(s) || s.state() == tcp::State::TimeWait || now - t > LINGER
             })
         });
         self.detached = waiting;
@@ -233,9 +231,8 @@ impl Stack {
                 self.flows.remove(&info.key);
             }
             reaped += 1;
-            // Closed with no peer left: listen() can take it as it is.
-            let s = self.sockets.get::<tcp::Socket>(*h);
-            let idle = s.state() == tcp::State::Closed && s.remote_endpoint().is_none();
+            // listen() takes a socket closed for good as it is.
+            let idle = closed_for_good(self.sockets.get::<tcp::Socket>(*h));
             if info.small && idle && self.free.len() < RECYCLE_MAX {
                 self.free.push(*h);
                 continue;
@@ -244,6 +241,12 @@ impl Stack {
         }
         reaped
     }
+}
+
+/// Closed with no peer left: not one aborted whose RST is still to be sent
+/// (smoltcp forgets the peer once the RST is out).
+fn closed_for_good(s: &tcp::Socket) -> bool {
+    s.state() == tcp::State::Closed && s.remote_endpoint().is_none()
 }
 
 fn seed() -> u64 {
@@ -324,15 +327,25 @@ mod tests {
     const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 443);
 
     fn seg(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
-        crate::dataplane::packet::tcp_segment(CLIENT, SERVER, control, seq, ack, payload)
+        seg_from(CLIENT, control, seq, ack, payload)
+    }
+
+    fn seg_from(client: SocketAddrV4, control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
+        crate::dataplane::packet::tcp_segment(client, SERVER, control, seq, ack, payload)
     }
 
     /// (rst, syn, ack, seq, ack_number, payload) of an emitted segment.
     fn parse(pkt: &[u8]) -> (bool, bool, bool, u32, u32, Vec<u8>) {
+        parse_from(pkt, CLIENT)
+    }
+
+    /// The same for a segment to `client`, its port checked too.
+    fn parse_from(pkt: &[u8], client: SocketAddrV4) -> (bool, bool, bool, u32, u32, Vec<u8>) {
         let ip = Ipv4Packet::new_checked(pkt).expect("ipv4");
-        assert_eq!((ip.src_addr(), ip.dst_addr()), (*SERVER.ip(), *CLIENT.ip()), "reply addresses");
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (*SERVER.ip(), *client.ip()), "reply addresses");
         let t = TcpPacket::new_checked(ip.payload()).expect("tcp");
         assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        assert_eq!((t.src_port(), t.dst_port()), (SERVER.port(), client.port()), "reply ports");
         (t.rst(), t.syn(), t.ack(), t.seq_number().0 as u32, t.ack_number().0 as u32, t.payload().to_vec())
     }
 
@@ -411,14 +424,14 @@ mod tests {
     fn open_flow(st: &mut Stack, cap: &Capture, port: u16) -> (SocketHandle, u32) {
         let client = SocketAddrV4::new(*CLIENT.ip(), port);
         let k = (SocketAddr::V4(client), SocketAddr::V4(SERVER));
-        let syn = crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::Syn, 1000, None, b"");
+        let syn = seg_from(client, TcpControl::Syn, 1000, None, b"");
         st.begin(k);
         let h = st.accept(k, syn).expect("listener");
         let now = st.now();
         st.poll(now);
         let (_, synack, _, isn, ackn, _) = parse_from(&cap.take()[0], client);
         assert!(synack && ackn == 1001, "SYN-ACK for port {port}");
-        let ack = crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::None, 1001, Some(isn + 1), b"");
+        let ack = seg_from(client, TcpControl::None, 1001, Some(isn + 1), b"");
         st.dev.push(ack);
         let now = st.now();
         st.poll(now);
@@ -426,18 +439,10 @@ mod tests {
         (h, isn)
     }
 
-    fn parse_from(pkt: &[u8], client: SocketAddrV4) -> (bool, bool, bool, u32, u32, Vec<u8>) {
-        let ip = Ipv4Packet::new_checked(pkt).expect("ipv4");
-        assert_eq!(ip.dst_addr(), *client.ip());
-        let t = TcpPacket::new_checked(ip.payload()).expect("tcp");
-        assert_eq!(t.dst_port(), client.port(), "reply to the flow's own port");
-        (t.rst(), t.syn(), t.ack(), t.seq_number().0 as u32, t.ack_number().0 as u32, t.payload().to_vec())
-    }
-
     /// The client resets the flow from `port` and the adapter lets go.
     fn end_flow(st: &mut Stack, h: SocketHandle, port: u16, seq: u32, moved: u64) {
         let client = SocketAddrV4::new(*CLIENT.ip(), port);
-        st.dev.push(crate::dataplane::packet::tcp_segment(client, SERVER, TcpControl::Rst, seq, None, b""));
+        st.dev.push(seg_from(client, TcpControl::Rst, seq, None, b""));
         let now = st.now();
         st.poll(now);
         assert_eq!(st.socket(h).state(), tcp::State::Closed, "the client's RST closed it");
@@ -457,14 +462,7 @@ mod tests {
         let (h2, isn) = open_flow(&mut st, &cap, 40002);
         assert_eq!((h2, st.kept()), (h1, 0));
         let client = SocketAddrV4::new(*CLIENT.ip(), 40002);
-        st.dev.push(crate::dataplane::packet::tcp_segment(
-            client,
-            SERVER,
-            TcpControl::Psh,
-            1001,
-            Some(isn + 1),
-            b"again",
-        ));
+        st.dev.push(seg_from(client, TcpControl::Psh, 1001, Some(isn + 1), b"again"));
         let now = st.now();
         st.poll(now);
         let mut buf = [0u8; 16];
