@@ -6,6 +6,11 @@ use nsproxy::cli::{Cli, Command, LogFormat, PolicyCommand, SecretCommand};
 use nsproxy::commands::exec;
 use nsproxy::{commands, daemon};
 
+/// Large allocations (the daemon's socket buffers) are mappings of their
+/// own, fresh zero pages freed back to the kernel: see `host::sys::OwnPages`.
+#[global_allocator]
+static ALLOCATOR: nsproxy::host::sys::OwnPages = nsproxy::host::sys::OwnPages;
+
 fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

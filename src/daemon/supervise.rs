@@ -49,7 +49,6 @@ pub enum Progress {
 /// readiness, then of the pool's first choice.
 pub fn serve(host: &dyn Host, s: Started, progress: impl FnMut(Progress)) -> anyhow::Result<()> {
     let name = s.account.name.clone();
-    crate::host::sys::malloc_mmap_threshold(64 * 1024);
     // One thread: the poll loop and the flow tasks hand work to each other
     // on every packet; on one thread that costs no cross-thread wake-up.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -40,7 +40,7 @@ struct SockInfo {
 const LINGER: Duration = Duration::from_secs(30);
 
 /// Closed sockets kept for the next flows: a new socket maps two fresh
-/// buffers (`limits.socket_buffer` each, above glibc's mmap threshold) and
+/// buffers (`limits.socket_buffer` each, mappings of their own: `host::sys::OwnPages`) and
 /// faults their first pages in, and its removal unmaps them again, on
 /// every connection. Only a socket whose flow moved at most
 /// `RECYCLE_BYTES` is kept (the buffers restart at their first byte, so

@@ -1,5 +1,6 @@
 //! The only module allowed `unsafe`: ownership transfers of raw file
-//! descriptors that the safe APIs around us cannot express.
+//! descriptors that the safe APIs around us cannot express, and the
+//! process's allocator.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -94,15 +95,109 @@ pub fn inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Makes glibc serve every allocation of `bytes` or more with its own
-/// mmap. The stack's large socket buffers are then fresh zero pages that
-/// cost no memory until data passes (an idle flow touches a page or two),
-/// and glibc's dynamic threshold cannot move them onto the heap, where
-/// `calloc` would write every byte.
-pub fn malloc_mmap_threshold(bytes: i32) -> bool {
-    // SAFETY: mallopt only changes allocator parameters; it is called once
-    // at daemon start-up, before the runtime and its threads exist.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+/// Allocations of this size or more get pages of their own.
+pub const OWN_PAGES_FROM: usize = 64 * 1024;
+const PAGE: usize = 4096;
+
+/// The process's allocator: glibc's malloc, except that an allocation of
+/// [`OWN_PAGES_FROM`] bytes or more is an anonymous mapping of its own,
+/// unmapped when it is freed. The stack's socket buffers are such
+/// allocations: fresh zero pages that cost no memory until data passes (an
+/// idle flow touches a page or two, an unused buffer none) and that go
+/// back to the kernel when the flow ends. glibc alone serves a large
+/// request from free heap space before it considers its mmap threshold,
+/// and `calloc` then writes every byte of it: 1,000 idle flows with
+/// 128 KiB buffers took 96 MiB that way (docs/performance.md).
+pub struct OwnPages;
+
+fn own_pages(size: usize, align: usize) -> bool {
+    size >= OWN_PAGES_FROM && align <= PAGE
+}
+
+fn map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory; failure is checked below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() }
+}
+
+// SAFETY: every pointer handed out is either glibc's (through `System`,
+// with the caller's layout) or a fresh mapping of at least `layout.size()`
+// bytes, page-aligned and so aligned for any `align <= PAGE`. Which of the
+// two a pointer is follows from its layout alone, and the caller passes
+// the same layout back to `dealloc` and `realloc`, so each pointer returns
+// to where it came from.
+unsafe impl std::alloc::GlobalAlloc for OwnPages {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if own_pages(layout.size(), layout.align()) {
+            map(layout.size())
+        } else {
+            // SAFETY: the caller's contract (non-zero size) passes through.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if own_pages(layout.size(), layout.align()) {
+            // Anonymous mappings are zero-filled: nothing to write.
+            map(layout.size())
+        } else {
+            // SAFETY: as in `alloc`.
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if own_pages(layout.size(), layout.align()) {
+            // SAFETY: `ptr` is a mapping of `layout.size()` bytes made by
+            // `map` (same layout), not used after this call.
+            unsafe { libc::munmap(ptr.cast(), layout.size()) };
+        } else {
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let (old_own, new_own) = (own_pages(layout.size(), layout.align()), own_pages(new_size, layout.align()));
+        if !old_own && !new_own {
+            // SAFETY: `ptr` came from `System` with this layout.
+            return unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        }
+        if old_own && new_own {
+            // SAFETY: `ptr` is a mapping of `layout.size()` bytes; mremap
+            // moves or resizes it as a whole and keeps its contents.
+            let p = unsafe { libc::mremap(ptr.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
+            return if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() };
+        }
+        // Across the boundary: a new block from the other side, the
+        // contents copied, the old block freed (the old one stays valid if
+        // the new one cannot be had, as realloc must).
+        let Ok(new_layout) = std::alloc::Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: `new_layout` has a non-zero size (realloc's contract).
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are valid for the smaller of the two
+            // sizes and do not overlap (`new` is a fresh block); `ptr` is
+            // freed with the layout it was allocated with.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
 }
 
 /// Drops this process's page mappings of read-only file pages (the code and
@@ -152,4 +247,71 @@ pub fn drop_code_pages() -> usize {
         }
     }
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout};
+
+    /// The start and end of the mapping of /proc/self/maps that holds `p`.
+    fn mapping_of(p: *mut u8) -> Option<(usize, usize)> {
+        let a = p as usize;
+        std::fs::read_to_string("/proc/self/maps").ok()?.lines().find_map(|l| {
+            let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+            let (s, e) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
+            (s <= a && a < e).then_some((s, e))
+        })
+    }
+
+    #[test]
+    fn large_blocks_are_mappings_of_their_own_and_keep_their_contents() {
+        let big = Layout::from_size_align(128 * 1024, 1).expect("layout");
+        // SAFETY: non-zero sizes; every block is freed with the layout it
+        // has at that moment.
+        unsafe {
+            let p = OwnPages.alloc_zeroed(big);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % PAGE, 0, "page-aligned");
+            // Its own mapping: the block starts it (glibc's chunks carry a
+            // header before the block, heap blocks sit inside [heap]).
+            let (start, _) = mapping_of(p).expect("mapped");
+            assert_eq!(start, p as usize);
+            assert!(std::slice::from_raw_parts(p, big.size()).iter().all(|b| *b == 0));
+            for i in 0..big.size() {
+                *p.add(i) = (i % 251) as u8;
+            }
+            // Grown in place or moved: the contents follow.
+            let q = OwnPages.realloc(p, big, 512 * 1024);
+            assert!(!q.is_null());
+            assert!((0..big.size()).all(|i| *q.add(i) == (i % 251) as u8));
+            // Shrunk below the boundary: back to glibc, contents kept.
+            let grown = Layout::from_size_align(512 * 1024, 1).expect("layout");
+            let r = OwnPages.realloc(q, grown, 1000);
+            assert!(!r.is_null());
+            assert!((0..1000).all(|i| *r.add(i) == (i % 251) as u8));
+            assert_ne!(mapping_of(r).map(|m| m.0), Some(r as usize));
+            // And up across it again.
+            let small = Layout::from_size_align(1000, 1).expect("layout");
+            let s = OwnPages.realloc(r, small, 100 * 1024);
+            assert_eq!(mapping_of(s).map(|m| m.0), Some(s as usize));
+            assert!((0..1000).all(|i| *s.add(i) == (i % 251) as u8));
+            OwnPages.dealloc(s, Layout::from_size_align(100 * 1024, 1).expect("layout"));
+        }
+    }
+
+    #[test]
+    fn small_and_overaligned_blocks_stay_with_glibc() {
+        assert!(own_pages(OWN_PAGES_FROM, 8));
+        assert!(!own_pages(OWN_PAGES_FROM - 1, 8));
+        assert!(!own_pages(OWN_PAGES_FROM, 2 * PAGE));
+        let l = Layout::from_size_align(OWN_PAGES_FROM, 2 * PAGE).expect("layout");
+        // SAFETY: non-zero size, freed with the same layout.
+        unsafe {
+            let p = OwnPages.alloc(l);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % (2 * PAGE), 0, "glibc honours the alignment");
+            OwnPages.dealloc(p, l);
+        }
+    }
 }
