@@ -417,7 +417,9 @@ fn orchestrate(args: &[String]) {
         .expect("server");
     let _server = common::Proc { name: "bench-server".into(), child: server };
     std::thread::sleep(Duration::from_millis(500));
-    // --socket-buffer BYTES: the account's limits.socket_buffer (default 512 KiB).
+    // --socket-buffer BYTES: the account's limits.socket_buffer, which then
+    // sizes both directions (default: the policy's, 256 KiB receive and
+    // 128 KiB send).
     let sockbuf = match flag("--socket-buffer", 0) {
         0 => String::new(),
         n => format!("      socket_buffer: {n}\n"),

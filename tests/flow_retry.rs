@@ -91,6 +91,7 @@ async fn answer_to_syn(router: Arc<TestRouter>) -> (TcpControl, bool) {
         limits: Limits {
             mtu: 1500,
             socket_buffer: 64 * 1024,
+            send_buffer: 64 * 1024,
             idle: Duration::from_secs(60),
             max_flows: 16,
             max_half_open: 16,

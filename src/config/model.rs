@@ -182,7 +182,11 @@ pub struct Limits {
     pub max_half_open: u32,
     #[serde(with = "secs")]
     pub idle_timeout: Duration,
+    /// The stack's receive buffer per flow: the window the program's
+    /// uploads see.
     pub socket_buffer: u32,
+    /// The stack's send buffer per flow: what waits for the program's ACK.
+    pub send_buffer: u32,
     /// `udp: proxy`: UDP flows (one association each) at once.
     pub max_udp_flows: u32,
     /// `udp: proxy`: an association with no datagram either way for this
@@ -513,6 +517,7 @@ mod tests {
             max_half_open,
             idle_timeout: Duration::from_secs(60),
             socket_buffer: 1 << 19,
+            send_buffer: 1 << 19,
             max_udp_flows: 256,
             udp_idle_timeout: Duration::from_secs(60),
         }

@@ -44,7 +44,10 @@ use stats::Stats;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub mtu: usize,
+    /// Per flow: the stack's receive buffer (the program's upload window).
     pub socket_buffer: usize,
+    /// Per flow: the stack's send buffer (downloads waiting for the ACK).
+    pub send_buffer: usize,
     /// A flow with no traffic for this long is reset on both sides.
     pub idle: Duration,
     pub max_flows: usize,
@@ -76,6 +79,7 @@ impl Limits {
         Limits {
             mtu: a.mtu as usize,
             socket_buffer: a.limits.socket_buffer as usize,
+            send_buffer: a.limits.send_buffer as usize,
             idle: a.limits.idle_timeout,
             max_flows: a.limits.max_flows as usize,
             max_half_open: a.limits.max_half_open as usize,
@@ -203,7 +207,7 @@ impl Dataplane {
         let stack = Stack::new(
             Box::new(FdSink { fd: tun.clone(), dropped: stats.tun_writes_dropped.clone() }),
             p.limits.mtu,
-            p.limits.socket_buffer,
+            (p.limits.socket_buffer, p.limits.send_buffer),
             p.limits.addresses.dns_v4(),
         );
         let ctx = Ctx {

@@ -65,7 +65,8 @@ pub struct Stack {
     /// When a socket was last created or taken from `free`.
     last_accept: Instant,
     epoch: std::time::Instant,
-    buf_size: usize,
+    /// Bytes of each new socket's (receive, send) buffers.
+    buf_sizes: (usize, usize),
     pending: usize,
 }
 
@@ -76,8 +77,14 @@ impl<T: Sink + ?Sized> Sink for Box<T> {
 }
 
 impl Stack {
+    /// `buf_sizes`: each socket's receive and send buffer in bytes;
     /// `address`: the stack's own IPv4 address (the namespace's DNS server).
-    pub fn new(sink: Box<dyn Sink + Send>, mtu: usize, buf_size: usize, address: std::net::Ipv4Addr) -> Stack {
+    pub fn new(
+        sink: Box<dyn Sink + Send>,
+        mtu: usize,
+        buf_sizes: (usize, usize),
+        address: std::net::Ipv4Addr,
+    ) -> Stack {
         let epoch = std::time::Instant::now();
         let mut dev = TunDevice::new(sink, mtu, 4096);
         let mut cfg = Config::new(HardwareAddress::Ip);
@@ -100,7 +107,7 @@ impl Stack {
             free: Vec::new(),
             last_accept: Instant::from_micros(0),
             epoch,
-            buf_size,
+            buf_sizes,
             pending: 0,
         }
     }
@@ -153,8 +160,8 @@ impl Stack {
         let h = match self.free.pop() {
             Some(h) => h,
             None => {
-                let rx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
-                let tx = tcp::SocketBuffer::new(vec![0u8; self.buf_size]);
+                let rx = tcp::SocketBuffer::new(vec![0u8; self.buf_sizes.0]);
+                let tx = tcp::SocketBuffer::new(vec![0u8; self.buf_sizes.1]);
                 let mut s = tcp::Socket::new(rx, tx);
                 s.set_nagle_enabled(false);
                 s.set_ack_delay(Some(Duration::from_millis(1)));
@@ -355,7 +362,7 @@ mod tests {
 
     fn stack() -> (Stack, Capture) {
         let cap = Capture::default();
-        (Stack::new(Box::new(cap.clone()), 65000, 64 * 1024, plan::Addresses::DEFAULT.dns_v4()), cap)
+        (Stack::new(Box::new(cap.clone()), 65000, (64 * 1024, 32 * 1024), plan::Addresses::DEFAULT.dns_v4()), cap)
     }
 
     #[test]
@@ -399,6 +406,7 @@ mod tests {
         let n = s.recv_slice(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"hello");
         assert!(!s.nagle_enabled(), "Nagle is off");
+        assert_eq!((s.recv_capacity(), s.send_capacity()), (64 * 1024, 32 * 1024), "the two buffer sizes");
         s.send_slice(b"world").expect("send");
         cap.take();
         let now = st.now();

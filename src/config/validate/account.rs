@@ -255,6 +255,10 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
         socket_buffer: 256 * 1024,
+        // The ring the program's downloads wait in for its ACKs: half the
+        // receive window measured the same or better, and a bulk flow
+        // touches all of it (docs/performance.md, "Buffers of their own").
+        send_buffer: 128 * 1024,
         max_udp_flows: 1024,
         udp_idle_timeout: Duration::from_secs(60),
     };
@@ -263,12 +267,26 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
     let lm = ctx.mapping(
         v,
         &p,
-        &["max_flows", "max_half_open", "idle_timeout", "socket_buffer", "max_udp_flows", "udp_idle_timeout"],
+        &[
+            "max_flows",
+            "max_half_open",
+            "idle_timeout",
+            "socket_buffer",
+            "send_buffer",
+            "max_udp_flows",
+            "udp_idle_timeout",
+        ],
     )?;
     let max_flows = ctx.ranged(lm, "max_flows", &p, 1, 65536, defaults.max_flows as u64);
     let max_half_open = ctx.ranged(lm, "max_half_open", &p, 1, 65536, defaults.max_half_open as u64);
     let idle_timeout = ctx.duration(lm, "idle_timeout", &p, defaults.idle_timeout);
     let socket_buffer = ctx.ranged(lm, "socket_buffer", &p, 16 * 1024, 64 << 20, defaults.socket_buffer as u64);
+    // `socket_buffer` alone sizes both directions, as it always did.
+    let send_default = match (lm.contains_key("socket_buffer"), socket_buffer) {
+        (true, Some(n)) => n,
+        _ => defaults.send_buffer as u64,
+    };
+    let send_buffer = ctx.ranged(lm, "send_buffer", &p, 16 * 1024, 64 << 20, send_default);
     let max_udp_flows = ctx.ranged(lm, "max_udp_flows", &p, 1, 65536, defaults.max_udp_flows as u64);
     let udp_idle_timeout = ctx.duration(lm, "udp_idle_timeout", &p, defaults.udp_idle_timeout);
     Some(Limits {
@@ -276,6 +294,7 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_half_open: max_half_open? as u32,
         idle_timeout: idle_timeout?,
         socket_buffer: socket_buffer? as u32,
+        send_buffer: send_buffer? as u32,
         max_udp_flows: max_udp_flows? as u32,
         udp_idle_timeout: udp_idle_timeout?,
     })
