@@ -358,3 +358,26 @@ pub(super) fn host_services(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Opt
     }
     ok.then_some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    /// (receive, send) buffer sizes of the one account, or the problems.
+    fn buffers(limits: &str) -> Result<(u32, u32), String> {
+        let text = format!("accounts:\n  - name: a\n    proxies: [{{label: p, url: 'socks5://h:1'}}]\n{limits}");
+        match super::super::parse_str(std::path::Path::new("p.yaml"), &text) {
+            Ok(a) => Ok((a[0].limits.socket_buffer, a[0].limits.send_buffer)),
+            Err(p) => Err(p.0.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n")),
+        }
+    }
+
+    #[test]
+    fn socket_buffers_default_per_direction_and_socket_buffer_alone_sizes_both() {
+        assert_eq!(buffers(""), Ok((256 * 1024, 128 * 1024)));
+        assert_eq!(buffers("    limits: {max_flows: 10}\n"), Ok((256 * 1024, 128 * 1024)));
+        assert_eq!(buffers("    limits: {socket_buffer: 1048576}\n"), Ok((1 << 20, 1 << 20)));
+        assert_eq!(buffers("    limits: {send_buffer: 65536}\n"), Ok((256 * 1024, 64 * 1024)));
+        assert_eq!(buffers("    limits: {socket_buffer: 65536, send_buffer: 32768}\n"), Ok((64 * 1024, 32 * 1024)));
+        let errs = buffers("    limits: {send_buffer: 1000}\n").expect_err("out of range");
+        assert!(errs.contains("limits.send_buffer") && errs.contains("1000"), "{errs}");
+    }
+}

@@ -195,21 +195,6 @@ accounts:
 }
 
 #[test]
-fn socket_buffers_default_per_direction_and_socket_buffer_alone_sizes_both() {
-    let with = |limits: &str| {
-        let text = format!("accounts:\n  - name: a\n    proxies: [{{label: p, url: 'socks5://h:1'}}]\n{limits}");
-        parse(&text).map(|a| (a[0].limits.socket_buffer, a[0].limits.send_buffer))
-    };
-    assert_eq!(with(""), Ok((256 * 1024, 128 * 1024)));
-    assert_eq!(with("    limits: {max_flows: 10}\n"), Ok((256 * 1024, 128 * 1024)));
-    assert_eq!(with("    limits: {socket_buffer: 1048576}\n"), Ok((1 << 20, 1 << 20)));
-    assert_eq!(with("    limits: {send_buffer: 65536}\n"), Ok((256 * 1024, 64 * 1024)));
-    assert_eq!(with("    limits: {socket_buffer: 65536, send_buffer: 32768}\n"), Ok((64 * 1024, 32 * 1024)));
-    let errs = with("    limits: {send_buffer: 1000}\n").unwrap_err().join("\n");
-    assert!(errs.contains("limits.send_buffer") && errs.contains("1000"), "{errs}");
-}
-
-#[test]
 fn type_errors_name_what_is_expected() {
     let text = "\
 accounts:
