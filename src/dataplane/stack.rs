@@ -44,8 +44,8 @@ const LINGER: Duration = Duration::from_secs(30);
 /// their own: `host::sys::OwnPages`) and faults their first pages in, and
 /// its removal unmaps them again, on every connection. Only a socket whose
 /// flow moved at most `RECYCLE_BYTES` is kept (the buffers restart at their
-/// first byte, so what stays resident is about what that flow touched), at most
-/// `RECYCLE_MAX` of them, and all are released at the first turn after
+/// first byte, so what stays resident is about what that flow touched), at
+/// most `RECYCLE_MAX` of them, and all are released at the first turn after
 /// `RECYCLE_IDLE` without a new flow (no wake-up of their own).
 pub const RECYCLE_MAX: usize = 8;
 pub const RECYCLE_BYTES: u64 = 64 * 1024;

@@ -364,10 +364,9 @@ mod tests {
     /// (receive, send) buffer sizes of the one account, or the problems.
     fn buffers(limits: &str) -> Result<(u32, u32), String> {
         let text = format!("accounts:\n  - name: a\n    proxies: [{{label: p, url: 'socks5://h:1'}}]\n{limits}");
-        match super::super::parse_str(std::path::Path::new("p.yaml"), &text) {
-            Ok(a) => Ok((a[0].limits.socket_buffer, a[0].limits.send_buffer)),
-            Err(p) => Err(p.0.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n")),
-        }
+        super::super::tests::parse(&text)
+            .map(|a| (a[0].limits.socket_buffer, a[0].limits.send_buffer))
+            .map_err(|problems| problems.join("\n"))
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use super::*;
 
-fn parse(text: &str) -> Result<Vec<Account>, Vec<String>> {
+pub(super) fn parse(text: &str) -> Result<Vec<Account>, Vec<String>> {
     parse_str(Path::new("p.yaml"), text).map_err(|p| p.0.iter().map(|x| x.to_string()).collect())
 }
 
