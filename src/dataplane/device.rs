@@ -49,13 +49,33 @@ pub fn write_plain(fd: BorrowedFd<'_>, pkt: &[u8], dropped: &AtomicU64) {
 /// hot path does not allocate per packet.
 const POOL_MAX: usize = 32;
 
+/// A packet read from the TUN at least this long is not copied: the read
+/// buffer itself is queued and the loop reads on into a spare one (an
+/// upload's segments are up to the MTU long; copying each cost a memcpy
+/// of the whole stream).
+pub const QUEUE_IN_PLACE: usize = 4096;
+
+/// Spare read buffers kept for the loop (each the loop's read size).
+const SPARE_MAX: usize = 8;
+
+/// A queued packet: `buf[start..end]`; `read`: `buf` is a read buffer
+/// (`push_read`), which goes back to the spares.
+struct Queued {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    read: bool,
+}
+
 pub struct TunDevice<S: Sink> {
-    pub rx: VecDeque<Vec<u8>>,
+    rx: VecDeque<Queued>,
     pub rx_limit: usize,
     pub sink: S,
     pub mtu: usize,
     tx_buf: Vec<u8>,
     pool: Vec<Vec<u8>>,
+    /// Read buffers handed back by the stack, for `push_read`.
+    spare: Vec<Vec<u8>>,
 }
 
 impl<S: Sink> TunDevice<S> {
@@ -67,6 +87,7 @@ impl<S: Sink> TunDevice<S> {
             mtu,
             tx_buf: Vec::with_capacity(vnet::HDR_LEN + mtu),
             pool: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -75,7 +96,8 @@ impl<S: Sink> TunDevice<S> {
         if self.rx.len() >= self.rx_limit {
             return false;
         }
-        self.rx.push_back(pkt);
+        let end = pkt.len();
+        self.rx.push_back(Queued { buf: pkt, start: 0, end, read: false });
         true
     }
 
@@ -87,14 +109,32 @@ impl<S: Sink> TunDevice<S> {
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(pkt);
-        self.rx.push_back(buf);
+        self.push(buf)
+    }
+
+    /// Queues `frame[start..end]` without copying it: `frame` itself goes
+    /// to the queue and is replaced by a spare buffer of the same length
+    /// (one the stack is done with, or a new one). False (dropped, and
+    /// `frame` left as it was) when the queue is full.
+    pub fn push_read(&mut self, frame: &mut Vec<u8>, start: usize, end: usize) -> bool {
+        if self.rx.len() >= self.rx_limit || start > end || end > frame.len() {
+            return false;
+        }
+        let len = frame.len();
+        let spare = match self.spare.pop() {
+            Some(b) if b.len() == len => b,
+            _ => vec![0u8; len],
+        };
+        let buf = std::mem::replace(frame, spare);
+        self.rx.push_back(Queued { buf, start, end, read: true });
         true
     }
 }
 
 pub struct RxToken<'a> {
-    buf: Vec<u8>,
+    q: Queued,
     pool: &'a mut Vec<Vec<u8>>,
+    spare: &'a mut Vec<Vec<u8>>,
 }
 
 pub struct TxToken<'a, S: Sink> {
@@ -104,9 +144,14 @@ pub struct TxToken<'a, S: Sink> {
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.buf);
-        if self.pool.len() < POOL_MAX {
-            self.pool.push(self.buf);
+        let Queued { buf, start, end, read } = self.q;
+        let r = f(buf.get(start..end).unwrap_or_default());
+        if read {
+            if self.spare.len() < SPARE_MAX {
+                self.spare.push(buf);
+            }
+        } else if self.pool.len() < POOL_MAX {
+            self.pool.push(buf);
         }
         r
     }
@@ -141,8 +186,9 @@ impl<S: Sink> phy::Device for TunDevice<S> {
         Self: 'a;
 
     fn receive(&mut self, _t: Instant) -> Option<(RxToken<'_>, TxToken<'_, S>)> {
-        let buf = self.rx.pop_front()?;
-        Some((RxToken { buf, pool: &mut self.pool }, TxToken { sink: &mut self.sink, buf: &mut self.tx_buf }))
+        let q = self.rx.pop_front()?;
+        let rx = RxToken { q, pool: &mut self.pool, spare: &mut self.spare };
+        Some((rx, TxToken { sink: &mut self.sink, buf: &mut self.tx_buf }))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<TxToken<'_, S>> {
@@ -179,6 +225,33 @@ mod tests {
         fn send(&mut self, frame: &[u8]) {
             self.0.push(frame.to_vec());
         }
+    }
+
+    #[test]
+    fn a_read_buffer_is_queued_in_place_and_comes_back_as_a_spare() {
+        use smoltcp::phy::RxToken;
+        let mut dev = TunDevice::new(Frames(Vec::new()), 1500, 1);
+        let mut frame = vec![7u8; 100];
+        frame[10..14].copy_from_slice(b"segm");
+        let queued_at = frame.as_ptr();
+        assert!(dev.push_read(&mut frame, 10, 14));
+        assert_eq!(frame.len(), 100, "the loop reads on into a buffer of the same length");
+        assert_ne!(frame.as_ptr(), queued_at);
+        // The queue holds one: the next packet is refused, the frame kept.
+        let kept = frame.as_ptr();
+        assert!(!dev.push_read(&mut frame, 10, 14));
+        assert!(!dev.push_copy(b"x"));
+        assert_eq!(frame.as_ptr(), kept);
+        let (rx, _) = dev.receive(Instant::from_millis(0)).expect("queued");
+        assert_eq!(rx.consume(|p| p.to_vec()), b"segm");
+        // The stack is done with it: the next read buffer is that one.
+        assert!(dev.push_read(&mut frame, 10, 20));
+        assert_eq!(frame.as_ptr(), queued_at);
+        // A range outside the frame is refused.
+        let (rx, _) = dev.receive(Instant::from_millis(0)).expect("queued");
+        rx.consume(|_| ());
+        assert!(!dev.push_read(&mut frame, 10, 101));
+        assert!(!dev.push_read(&mut frame, 12, 11));
     }
 
     #[test]

@@ -77,13 +77,19 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
                 for _ in 0..256 {
                     match g.try_io(|f| nix::unistd::read(f.get_ref(), &mut buf).map_err(std::io::Error::from)) {
                         Ok(Ok(0)) => break,
-                        Ok(Ok(n)) => match vnet::parse(&buf[..n]) {
-                            vnet::Frame::Packet { pkt, trusted } => ingress(&ctx, &tx, pkt, trusted),
-                            vnet::Frame::Bad(reason) => {
+                        Ok(Ok(n)) => {
+                            let queue = match vnet::parse(&buf[..n]) {
+                                vnet::Frame::Packet { pkt, trusted } => ingress(&ctx, &tx, pkt, trusted),
+                                vnet::Frame::Bad(reason) => {
+                                    ctx.stats.packets_dropped.fetch_add(1, Relaxed);
+                                    tracing::trace!(account = %ctx.account, reason, "frame dropped");
+                                    false
+                                }
+                            };
+                            if queue && !queue_tcp(&ctx, &mut buf, n) {
                                 ctx.stats.packets_dropped.fetch_add(1, Relaxed);
-                                tracing::trace!(account = %ctx.account, reason, "frame dropped");
                             }
-                        },
+                        }
                         Ok(Err(e)) => { tracing::warn!(account = %name, error = %e, "TUN read failed"); break }
                         Err(_would_block) => break,
                     }
@@ -99,15 +105,24 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
-/// One packet from the program.
-fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], trusted: bool) {
+/// Queues the TCP segment in `frame[..n]` (its virtio-net header, then
+/// the packet) for the stack: a long one in place, a short one copied.
+/// False: the queue is full.
+fn queue_tcp(ctx: &Ctx, frame: &mut Vec<u8>, n: usize) -> bool {
+    let mut st = ctx.shared.lock();
+    if n.saturating_sub(vnet::HDR_LEN) >= super::device::QUEUE_IN_PLACE {
+        st.dev.push_read(frame, vnet::HDR_LEN, n)
+    } else {
+        frame.get(vnet::HDR_LEN..n).is_some_and(|pkt| st.dev.push_copy(pkt))
+    }
+}
+
+/// One packet from the program; true: a TCP segment of a flow (or one
+/// for the stack to answer) that the caller queues for the stack.
+fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], trusted: bool) -> bool {
     match packet::classify(pkt, ctx.limits.ipv6, trusted) {
         Class::TcpSyn { src, dst } => flow::on_syn(ctx, tx, (src, dst), pkt),
-        Class::Tcp => {
-            if !ctx.shared.lock().dev.push_copy(pkt) {
-                ctx.stats.packets_dropped.fetch_add(1, Relaxed);
-            }
-        }
+        Class::Tcp => return true,
         Class::Udp { src, dst, payload } => super::udp::on_datagram(ctx, src, dst, payload, pkt),
         Class::Dns { src, dst, payload } => {
             ctx.stats.dns_queries.fetch_add(1, Relaxed);
@@ -120,7 +135,7 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], truste
                 if let Some(out) = reply.and_then(|r| packet::udp_packet(dst, src, &r)) {
                     super::device::write_plain(ctx.tun.as_fd(), &out, &ctx.stats.tun_writes_dropped);
                 }
-                return;
+                return false;
             }
             let (ctx, query) = (ctx.clone(), payload.to_vec());
             let spawner = ctx.clone();
@@ -137,4 +152,5 @@ fn ingress(ctx: &Arc<Ctx>, tx: &mpsc::UnboundedSender<Event>, pkt: &[u8], truste
             tracing::trace!(account = %ctx.account, reason, "packet dropped");
         }
     }
+    false
 }
