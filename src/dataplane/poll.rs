@@ -25,7 +25,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     let shared = ctx.shared.clone();
     let tun = ctx.tun.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut buf = vec![0u8; vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64];
+    // At least OWN_PAGES_FROM long: this buffer and the spares that replace
+    // it (device.rs, `push_read`) are then mappings of their own whose
+    // pages become resident only where a read wrote, so a short segment
+    // queued in place holds a page or two, not 64 KiB.
+    let read_len = (vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64).max(crate::host::sys::OWN_PAGES_FROM);
+    let mut buf = vec![0u8; read_len];
     let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
     loop {
         shared.turned();
