@@ -52,8 +52,9 @@ const POOL_MAX: usize = 32;
 /// A packet read from the TUN at least this long is not copied: the read
 /// buffer itself is queued and the loop reads on into a spare one (an
 /// upload's segments are up to the MTU long; copying each cost a memcpy
-/// of the whole stream).
-pub const QUEUE_IN_PLACE: usize = 4096;
+/// of the whole stream). A shorter one is copied, so that an ACK does not
+/// hold a whole read buffer.
+const QUEUE_IN_PLACE: usize = 4096;
 
 /// Spare read buffers kept for the loop (each the loop's read size).
 const SPARE_MAX: usize = 8;
@@ -112,12 +113,18 @@ impl<S: Sink> TunDevice<S> {
         self.push(buf)
     }
 
-    /// Queues `frame[start..end]` without copying it: `frame` itself goes
-    /// to the queue and is replaced by a spare buffer of the same length
-    /// (one the stack is done with, or a new one). False (dropped, and
-    /// `frame` left as it was) when the queue is full.
+    /// Queues the packet `frame[start..end]` that the loop read into
+    /// `frame`: a short one copied (`push_copy`); a long one in place,
+    /// `frame` itself going to the queue and replaced by a spare buffer of
+    /// the same length (one the stack is done with, or a new one). False
+    /// (dropped, and `frame` left as it was) when the queue is full or the
+    /// range is not in `frame`.
     pub fn push_read(&mut self, frame: &mut Vec<u8>, start: usize, end: usize) -> bool {
-        if self.rx.len() >= self.rx_limit || start > end || end > frame.len() {
+        let Some(pkt) = frame.get(start..end) else { return false };
+        if pkt.len() < QUEUE_IN_PLACE {
+            return self.push_copy(pkt);
+        }
+        if self.rx.len() >= self.rx_limit {
             return false;
         }
         let len = frame.len();
@@ -231,26 +238,37 @@ mod tests {
     fn a_read_buffer_is_queued_in_place_and_comes_back_as_a_spare() {
         use smoltcp::phy::RxToken;
         let mut dev = TunDevice::new(Frames(Vec::new()), 1500, 1);
-        let mut frame = vec![7u8; 100];
+        let end = 10 + QUEUE_IN_PLACE;
+        let mut frame = vec![7u8; end + 100];
         frame[10..14].copy_from_slice(b"segm");
         let queued_at = frame.as_ptr();
-        assert!(dev.push_read(&mut frame, 10, 14));
-        assert_eq!(frame.len(), 100, "the loop reads on into a buffer of the same length");
+        assert!(dev.push_read(&mut frame, 10, end));
+        assert_eq!(frame.len(), end + 100, "the loop reads on into a buffer of the same length");
         assert_ne!(frame.as_ptr(), queued_at);
         // The queue holds one: the next packet is refused, the frame kept.
         let kept = frame.as_ptr();
+        assert!(!dev.push_read(&mut frame, 10, end));
         assert!(!dev.push_read(&mut frame, 10, 14));
         assert!(!dev.push_copy(b"x"));
         assert_eq!(frame.as_ptr(), kept);
         let (rx, _) = dev.receive(Instant::from_millis(0)).expect("queued");
-        assert_eq!(rx.consume(|p| p.to_vec()), b"segm");
+        let got = rx.consume(|p| p.to_vec());
+        assert_eq!(got.len(), QUEUE_IN_PLACE);
+        assert_eq!(got[..4], *b"segm");
         // The stack is done with it: the next read buffer is that one.
-        assert!(dev.push_read(&mut frame, 10, 20));
+        assert!(dev.push_read(&mut frame, 10, end + 10));
         assert_eq!(frame.as_ptr(), queued_at);
-        // A range outside the frame is refused.
         let (rx, _) = dev.receive(Instant::from_millis(0)).expect("queued");
         rx.consume(|_| ());
-        assert!(!dev.push_read(&mut frame, 10, 101));
+        // A short packet is copied: the loop keeps its buffer.
+        let kept = frame.as_ptr();
+        frame[10..14].copy_from_slice(b"ack!");
+        assert!(dev.push_read(&mut frame, 10, 14));
+        assert_eq!(frame.as_ptr(), kept);
+        let (rx, _) = dev.receive(Instant::from_millis(0)).expect("queued");
+        assert_eq!(rx.consume(|p| p.to_vec()), b"ack!");
+        // A range outside the frame is refused.
+        assert!(!dev.push_read(&mut frame, 10, end + 101));
         assert!(!dev.push_read(&mut frame, 12, 11));
     }
 

@@ -91,7 +91,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
                                     false
                                 }
                             };
-                            if queue && !queue_tcp(&ctx, &mut buf, n) {
+                            // A TCP segment: its virtio-net header, then the packet.
+                            if queue && !shared.lock().dev.push_read(&mut buf, vnet::HDR_LEN, n) {
                                 ctx.stats.packets_dropped.fetch_add(1, Relaxed);
                             }
                         }
@@ -108,18 +109,6 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
         }
     }
     Ok(())
-}
-
-/// Queues the TCP segment in `frame[..n]` (its virtio-net header, then
-/// the packet) for the stack: a long one in place, a short one copied.
-/// False: the queue is full.
-fn queue_tcp(ctx: &Ctx, frame: &mut Vec<u8>, n: usize) -> bool {
-    let mut st = ctx.shared.lock();
-    if n.saturating_sub(vnet::HDR_LEN) >= super::device::QUEUE_IN_PLACE {
-        st.dev.push_read(frame, vnet::HDR_LEN, n)
-    } else {
-        frame.get(vnet::HDR_LEN..n).is_some_and(|pkt| st.dev.push_copy(pkt))
-    }
 }
 
 /// One packet from the program; true: a TCP segment of a flow (or one
