@@ -255,10 +255,11 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
         socket_buffer: 256 * 1024,
-        // The ring the program's downloads wait in for its ACKs: half the
-        // receive window measured the same or better, and a bulk flow
-        // touches all of it (docs/performance.md, "Buffers of their own").
-        send_buffer: 128 * 1024,
+        // The ring the program's downloads wait in for its ACKs: the
+        // receive window's size. 128 KiB capped a single download where the
+        // daemon's wake-ups are slow (docs/performance.md, "A send buffer
+        // of 256 KiB again"); a bulk flow touches all of it.
+        send_buffer: 256 * 1024,
         max_udp_flows: 1024,
         udp_idle_timeout: Duration::from_secs(60),
     };
@@ -282,10 +283,7 @@ pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Lim
     let idle_timeout = ctx.duration(lm, "idle_timeout", &p, defaults.idle_timeout);
     let socket_buffer = ctx.ranged(lm, "socket_buffer", &p, 16 * 1024, 64 << 20, defaults.socket_buffer as u64);
     // `socket_buffer` alone sizes both directions, as it always did.
-    let send_default = match (lm.contains_key("socket_buffer"), socket_buffer) {
-        (true, Some(n)) => n,
-        _ => defaults.send_buffer as u64,
-    };
+    let send_default = socket_buffer.unwrap_or(defaults.send_buffer as u64);
     let send_buffer = ctx.ranged(lm, "send_buffer", &p, 16 * 1024, 64 << 20, send_default);
     let max_udp_flows = ctx.ranged(lm, "max_udp_flows", &p, 1, 65536, defaults.max_udp_flows as u64);
     let udp_idle_timeout = ctx.duration(lm, "udp_idle_timeout", &p, defaults.udp_idle_timeout);
@@ -370,9 +368,9 @@ mod tests {
     }
 
     #[test]
-    fn socket_buffers_default_per_direction_and_socket_buffer_alone_sizes_both() {
-        assert_eq!(buffers(""), Ok((256 * 1024, 128 * 1024)));
-        assert_eq!(buffers("    limits: {max_flows: 10}\n"), Ok((256 * 1024, 128 * 1024)));
+    fn socket_buffers_default_to_256_kib_each_and_socket_buffer_alone_sizes_both() {
+        assert_eq!(buffers(""), Ok((256 * 1024, 256 * 1024)));
+        assert_eq!(buffers("    limits: {max_flows: 10}\n"), Ok((256 * 1024, 256 * 1024)));
         assert_eq!(buffers("    limits: {socket_buffer: 1048576}\n"), Ok((1 << 20, 1 << 20)));
         assert_eq!(buffers("    limits: {send_buffer: 65536}\n"), Ok((256 * 1024, 64 * 1024)));
         assert_eq!(buffers("    limits: {socket_buffer: 65536, send_buffer: 32768}\n"), Ok((64 * 1024, 32 * 1024)));
