@@ -418,19 +418,17 @@ fn orchestrate(args: &[String]) {
     let _server = common::Proc { name: "bench-server".into(), child: server };
     std::thread::sleep(Duration::from_millis(500));
     // --socket-buffer BYTES: the account's limits.socket_buffer, which then
-    // sizes both directions (default: the policy's, 256 KiB each).
-    let sockbuf = match flag("--socket-buffer", 0) {
+    // sizes both directions (default: the policy's, 256 KiB each);
+    // --send-buffer BYTES: limits.send_buffer alone.
+    let limit = |name: &str, key: &str| match flag(name, 0) {
         0 => String::new(),
-        n => format!("      socket_buffer: {n}\n"),
-    };
-    // --send-buffer BYTES: the account's limits.send_buffer alone.
-    let sendbuf = match flag("--send-buffer", 0) {
-        0 => String::new(),
-        n => format!("      send_buffer: {n}\n"),
+        n => format!("      {key}: {n}\n"),
     };
     let limits = format!(
-        "    limits:\n      max_flows: {}\n      max_half_open: 4096\n{sockbuf}{sendbuf}",
-        (idle_flows + 100).max(4096)
+        "    limits:\n      max_flows: {}\n      max_half_open: 4096\n{}{}",
+        (idle_flows + 100).max(4096),
+        limit("--socket-buffer", "socket_buffer"),
+        limit("--send-buffer", "send_buffer")
     );
     let acct = common::Account::for_proxy("bn", px, &limits);
     acct.up_quiet();

@@ -249,17 +249,21 @@ pub(super) fn dns(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Dns> {
     }
 }
 
+/// The stack's buffer per flow and direction unless the policy says
+/// otherwise (`send_buffer` follows `socket_buffer`).
+const SOCKET_BUFFER: u32 = 256 * 1024;
+
 pub(super) fn limits(ctx: &mut Ctx, m: &Mapping, path: &FieldPath) -> Option<Limits> {
     let defaults = Limits {
         max_flows: 4096,
         max_half_open: 1024,
         idle_timeout: Duration::from_secs(2 * 3600),
-        socket_buffer: 256 * 1024,
+        socket_buffer: SOCKET_BUFFER,
         // The ring the program's downloads wait in for its ACKs: the
         // receive window's size. 128 KiB capped a single download where the
         // daemon's wake-ups are slow (docs/performance.md, "A send buffer
         // of 256 KiB again"); a bulk flow touches all of it.
-        send_buffer: 256 * 1024,
+        send_buffer: SOCKET_BUFFER,
         max_udp_flows: 1024,
         udp_idle_timeout: Duration::from_secs(60),
     };
