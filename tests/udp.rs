@@ -253,7 +253,7 @@ fn http3_over_quic_goes_through_the_proxy_and_udp_block_refuses_it_at_once() {
     let topo = Topology::new(&[Kind::Dante]);
     let d = topo.dir.display().to_string();
     must(&format!(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={HOSTNAME} -keyout {d}/h3.key -out {d}/h3.pem 2>/dev/null"
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN={HOSTNAME} -keyout {d}/h3.key -out {d}/h3.pem 2>/dev/null"
     ));
     std::fs::write(topo.dir.join("h3server.py"), H3_SERVER_PY).expect("server");
     let mut server = start_listening(
