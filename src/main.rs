@@ -76,6 +76,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     let is_daemon = matches!(cli.command, Command::Daemon { .. } | Command::Up { foreground: true, .. });
+    // Before any thread: the signals that stop the daemon reach it whatever
+    // mask its parent handed down.
+    if is_daemon && let Err(e) = nsproxy::host::sys::clear_signal_mask() {
+        eprintln!("nsproxy: cannot unblock signals ({e}): SIGTERM may not stop this daemon");
+    }
     init_logging(cli.log_level.as_deref(), cli.log_format, if is_daemon { "info" } else { "warn" });
     let policy = nsproxy::config::Policy::from_process(cli.policies.clone(), cli.set.clone());
     let res = match &cli.command {

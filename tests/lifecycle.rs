@@ -323,6 +323,47 @@ fn sighup_is_a_failure_exit_and_sigterm_a_clean_one_in_the_foreground() {
     nothing_left(&a);
 }
 
+/// SigBlk of a process: the signals it has blocked, as a bit mask.
+fn blocked_signals(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hex = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap_or("").trim().to_string();
+    u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("no SigBlk for {pid}: {status}"))
+}
+
+#[test]
+fn a_daemon_started_with_sigterm_blocked_still_stops_cleanly_on_down() {
+    use nix::sys::signal::{SigSet, Signal};
+    if !root_or_skip("a_daemon_started_with_sigterm_blocked_still_stops_cleanly_on_down") {
+        return;
+    }
+    let a = simple_account("sb");
+    // `up` from a thread with SIGTERM, SIGINT and SIGHUP blocked: the mask
+    // is handed down to `up` and from it to the daemon (as from a
+    // benchmark or a supervisor that waits for signals on a thread).
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().expect("block");
+    let o = a.cmd(&["up", &a.name]);
+    set.thread_unblock().expect("unblock");
+    // The dummy proxy listens nowhere: up says so (exit 4), the daemon runs.
+    assert!(matches!(o.status.code(), Some(0) | Some(4)), "up: {}{}", out(&o), err(&o));
+    let pid = a.daemon_pid().expect("daemon pid");
+    let stop = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP].iter().fold(0u64, |m, s| m | 1 << (*s as u64 - 1));
+    assert_eq!(blocked_signals(pid) & stop, 0, "the daemon {pid} has a stop signal blocked");
+    // SIGTERM as `down` sends it: the daemon stops through its own exit
+    // path (before, it ignored it until `down` killed it 5 s later).
+    must(&format!("kill -TERM {pid}"));
+    wait_until("the daemon stops on SIGTERM", Duration::from_secs(4), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let log = a.log();
+    assert!(log.contains("daemon stopping"), "no clean stop in the daemon's log:\n{log}");
+    assert!(a.down().status.success());
+    nothing_left(&a);
+}
+
 #[test]
 fn two_accounts_naming_one_namespace_in_two_files_are_refused_at_the_second_up() {
     if !root_or_skip("namespace_clash_across_files") {

@@ -39,6 +39,15 @@ pub fn borrow_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
+/// Unblocks every signal in the calling thread, and so in every thread it
+/// makes after. A process's signal mask is handed down through `fork` and
+/// `exec` (Rust's `Command` too): a daemon started from a process that had
+/// SIGTERM blocked never saw `down`'s SIGTERM, and `down` killed it after
+/// 5 s, with none of its cleanup at exit. The daemon calls this first.
+pub fn clear_signal_mask() -> io::Result<()> {
+    nix::sys::signal::SigSet::empty().thread_set_mask().map_err(io::Error::from)
+}
+
 /// Environment changes: only called from the exec path, before any thread
 /// exists, and from the daemon before its runtime starts.
 pub fn remove_env(k: &std::ffi::OsStr) {
