@@ -3,6 +3,7 @@
 //!     cargo bench --bench accounts                  # 1,000 accounts, a directory of one file each
 //!     cargo bench --bench accounts -- 300 --one-file
 //!     cargo test --bench accounts                   # 50 accounts (CI runs it so it does not rot)
+//!     cargo test --bench accounts -- --interrupt-check  # stopped by SIGTERM: nothing left (CI)
 //!
 //! Every account has one SOCKS5 proxy: a microsocks on the host's loopback
 //! that this benchmark starts and ends (by PID). The accounts are brought up
@@ -32,13 +33,13 @@ struct Bed {
 impl Drop for Bed {
     fn drop(&mut self) {
         for n in self.up.drain(..) {
-            let _ = Command::new(BIN).arg("--policies").arg(&self.policies).args(["down", &n, "--kill"]).output();
+            common::remove(&common::Made::Account { policy: self.policies.clone(), name: n });
         }
         if let Some(mut p) = self.proxy.take() {
             let _ = p.kill();
             let _ = p.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        common::remove(&common::Made::Dir(self.dir.clone()));
     }
 }
 
@@ -105,6 +106,15 @@ fn main() {
     if !common::root_or_skip("bench_accounts") {
         return;
     }
+    // --interrupt-check: a run of 40 accounts, stopped by SIGTERM while
+    // they come up; nothing it made may be left.
+    if args.iter().any(|a| a == "--interrupt-check") {
+        let sig = nix::sys::signal::Signal::SIGTERM;
+        common::check_interrupted_run(&["40"], "accounts (", Duration::from_millis(400), sig);
+        return;
+    }
+    // A run stopped by Ctrl-C or kill removes its bed.
+    common::clean_up_on_signals();
     assert!(
         common::sh("command -v microsocks").status.success(),
         "microsocks is not installed (scripts/install-deps.sh)"
@@ -112,6 +122,7 @@ fn main() {
     let tag = common::unique("ab");
     let dir = std::env::temp_dir().join(format!("nsproxy-bench-{tag}"));
     let policies = dir.join("policies");
+    common::note(common::Made::Dir(dir.clone()));
     std::fs::create_dir_all(&policies).expect("dir");
     let port = free_port();
     let proxy = Command::new("microsocks")
@@ -143,6 +154,7 @@ fn main() {
     let mut ups = Vec::new();
     let started = Instant::now();
     for (i, name) in names.iter().enumerate() {
+        common::note(common::Made::Account { policy: policies.clone(), name: name.clone() });
         let (t, o) = nsproxy(&policies, &["up", name]);
         assert!(
             o.status.success(),
@@ -215,7 +227,14 @@ fn main() {
     // Down, one after another.
     let mut downs = Vec::new();
     for name in bed.names.clone() {
-        let (t, o) = nsproxy(&policies, &["down", &name]);
+        // Never beside a signal's clean-up, which downs it too.
+        let made = common::Made::Account { policy: policies.clone(), name: name.clone() };
+        let (t, o) = common::removing(&made, || {
+            let r = nsproxy(&policies, &["down", &name]);
+            // The pool's state (kept by down, as for every account).
+            let _ = std::fs::remove_dir_all(format!("/var/lib/nsproxy/{name}"));
+            r
+        });
         assert!(o.status.success(), "down {name}: {}", String::from_utf8_lossy(&o.stderr));
         bed.up.retain(|n| n != &name);
         downs.push(ms(t));

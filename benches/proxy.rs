@@ -4,6 +4,7 @@
 //!     cargo bench --bench proxy -- --smoke     # 1 round, 1 s
 //!     cargo test --bench proxy                 # the same smoke run (CI runs it)
 //!     cargo bench --bench proxy -- --rounds 5 --seconds 10 --idle-flows 10000
+//!     cargo test --bench proxy -- --interrupt-check   # stopped by SIGINT: nothing left (CI)
 //!
 //! Topology as in the end-to-end tests: dante-server as the SOCKS5 proxy in
 //! its namespace, the targets (this binary in `serve` mode) in the origin
@@ -40,14 +41,11 @@ fn main() {
     {
         args.push("--smoke".into());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match args.first().map(String::as_str) {
-        Some("serve") => rt.block_on(serve()),
-        Some("client") => rt.block_on(client(&args[1..])),
-        _ => {
-            drop(rt);
-            orchestrate(&args)
-        }
+        Some("serve") => rt().block_on(serve()),
+        Some("client") => rt().block_on(client(&args[1..])),
+        _ => orchestrate(&args),
     }
 }
 
@@ -382,6 +380,16 @@ fn orchestrate(args: &[String]) {
     if !common::root_or_skip("benchmark") {
         return;
     }
+    // --interrupt-check: this run again (a smoke run), stopped by SIGINT
+    // during its first figure; nothing it made may be left.
+    if args.iter().any(|a| a == "--interrupt-check") {
+        let rest: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--interrupt-check").collect();
+        let when = "machine:";
+        common::check_interrupted_run(&rest, when, Duration::from_millis(1500), nix::sys::signal::Signal::SIGINT);
+        return;
+    }
+    // A run stopped by Ctrl-C or kill removes its bed.
+    common::clean_up_on_signals();
     let flag = |name: &str, default: u64| -> u64 {
         args.iter()
             .position(|a| a == name)

@@ -35,6 +35,10 @@ cargo test --locked --bench proxy -- --client tools
 # The many-accounts benchmark's small run (50 accounts up, idle, status,
 # list, down); the 1,000-account figures come from `cargo bench --bench accounts`.
 cargo test --locked --bench accounts
+# Stopped half way (SIGINT during the tools' first figure, SIGTERM while
+# the accounts come up), a benchmark leaves nothing behind.
+cargo test --locked --bench proxy -- --client tools --interrupt-check
+cargo test --locked --bench accounts -- --interrupt-check
 
 # Most of the end-to-end tests' time is waiting (a silence held, a program's
 # rounds, timeouts), so the builds of the later stages (the fuzz targets,

@@ -371,8 +371,11 @@ fn two_accounts_naming_one_namespace_in_two_files_are_refused_at_the_second_up()
     }
     let tag = unique("nc");
     let dir = std::env::temp_dir().join(format!("nsproxy-{tag}"));
-    std::fs::create_dir_all(&dir).expect("dir");
     let (a, b) = (format!("{tag}a"), format!("{tag}b"));
+    // Both accounts down and their state gone, also when this fails.
+    let account = |name: &str| Made::Account { policy: dir.clone(), name: name.to_string() };
+    let _gone = Removes::new(vec![Made::Dir(dir.clone()), account(&a), account(&b)]);
+    std::fs::create_dir_all(&dir).expect("dir");
     let proxy = "    proxies: [{label: p, url: 'socks5://127.0.0.1:9'}]\n";
     // One namespace, named in both files (neither file names the other
     // account, so `up` of each reads its own file only).
@@ -398,5 +401,4 @@ fn two_accounts_naming_one_namespace_in_two_files_are_refused_at_the_second_up()
     assert_eq!(code, Some(0), "{said}");
     let _ = run(&["down", &b]);
     assert!(!ns_exists(&ns), "nothing left");
-    let _ = std::fs::remove_dir_all(&dir);
 }

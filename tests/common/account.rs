@@ -28,8 +28,10 @@ impl Account {
     pub fn new(tag: &str, body: &str) -> Account {
         let name = unique(tag);
         let dir = std::env::temp_dir().join(format!("nsproxy-acct-{name}"));
-        std::fs::create_dir_all(&dir).expect("dir");
         let policy = dir.join("policy.yaml");
+        note(Made::Dir(dir.clone()));
+        note(Made::Account { policy: policy.clone(), name: name.clone() });
+        std::fs::create_dir_all(&dir).expect("dir");
         let body = body.replace("{secrets}", &dir.display().to_string());
         std::fs::write(&policy, format!("accounts:\n  - name: {name}\n{body}")).expect("policy");
         let no_proxy = body.contains(NO_PROXY_URL);
@@ -246,7 +248,9 @@ impl Account {
 
 impl Drop for Account {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if stopping() {
+            // A benchmark stopped by a signal: its clean-up downs this.
+        } else if !std::thread::panicking() {
             self.assert_no_canary("before down");
         } else {
             // A failed test says why from the daemon's side too (in the VM
@@ -258,9 +262,11 @@ impl Drop for Account {
                 eprintln!("  {l}");
             }
         }
-        let _ = self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(format!("/var/lib/nsproxy/{}", self.name));
+        removing(&Made::Account { policy: self.policy.clone(), name: self.name.clone() }, || {
+            let _ = self.down();
+            let _ = std::fs::remove_dir_all(format!("/var/lib/nsproxy/{}", self.name));
+        });
+        remove(&Made::Dir(self.dir.clone()));
     }
 }
 

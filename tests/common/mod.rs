@@ -198,6 +198,7 @@ mod account;
 mod capture;
 #[allow(dead_code)]
 pub mod containers;
+mod leftovers;
 mod service;
 mod topology;
 
@@ -205,6 +206,8 @@ mod topology;
 pub use account::*;
 #[allow(unused_imports)]
 pub use capture::*;
+#[allow(unused_imports)]
+pub use leftovers::*;
 #[allow(unused_imports)]
 pub use service::*;
 #[allow(unused_imports)]

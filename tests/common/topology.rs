@@ -68,6 +68,7 @@ impl Topology {
         let b = 100 + (std::process::id() % 100) as u8;
         let t = (SEQ.fetch_add(1, Ordering::SeqCst) % 15) as u8;
         let dir = std::env::temp_dir().join(format!("nsproxy-test-{prefix}"));
+        note(Made::Dir(dir.clone()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         must(&format!("chmod 755 {}", dir.display()));
         let mut topo = Topology {
@@ -91,16 +92,27 @@ impl Topology {
         topo
     }
 
+    /// Noted before it is made: a run stopped in between removes it too.
+    fn own_namespace(&mut self, ns: &str) {
+        note(Made::Namespace(ns.to_string()));
+        self.namespaces.push(ns.to_string());
+    }
+
+    fn own_link(&mut self, link: String) {
+        note(Made::Link(link.clone()));
+        self.links.push(link);
+    }
+
     fn net(&self, l: u8, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, self.b, self.t * 16 + l, host)
     }
 
     fn build_origin(&mut self) {
         let (p, o) = (self.prefix.clone(), self.origin_ns.clone());
+        self.own_namespace(&o);
         must(&format!("ip netns add {o}"));
-        self.namespaces.push(o.clone());
+        self.own_link(format!("{p}h0"));
         must(&format!("ip link add {p}h0 type veth peer name eth0 netns {o}"));
-        self.links.push(format!("{p}h0"));
         // No IPv6 chatter on the host link: its packet counter is a leak detector.
         let _ = sh(&format!("sysctl -qw net.ipv6.conf.{p}h0.disable_ipv6=1"));
         must(&format!("ip addr add {}/24 dev {p}h0 && ip link set {p}h0 up", self.host_addr));
@@ -138,12 +150,12 @@ impl Topology {
     fn add_proxy(&mut self, kind: Kind, i: u8) {
         let (p, o) = (self.prefix.clone(), self.origin_ns.clone());
         let ns = format!("{p}-p{i}");
+        self.own_namespace(&ns);
         must(&format!("ip netns add {ns}"));
-        self.namespaces.push(ns.clone());
         let (listen, host_side) = (self.net(i, 2), self.net(i, 1));
         let (egress, origin_side) = (self.net(8 + i, 1), self.net(8 + i, 2));
+        self.own_link(format!("{p}h{i}"));
         must(&format!("ip link add {p}h{i} type veth peer name eth0 netns {ns}"));
-        self.links.push(format!("{p}h{i}"));
         must(&format!("ip addr add {host_side}/24 dev {p}h{i} && ip link set {p}h{i} up"));
         must(&format!(
             "ip -n {ns} addr add {listen}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
@@ -308,11 +320,11 @@ impl Topology {
     pub fn add_lan(&mut self) -> (String, Ipv4Addr) {
         let (p, l) = (self.prefix.clone(), 6u8);
         let ns = format!("{p}-lan");
+        self.own_namespace(&ns);
         must(&format!("ip netns add {ns}"));
-        self.namespaces.push(ns.clone());
         let (host_side, ip) = (self.net(l, 1), self.net(l, 2));
+        self.own_link(format!("{p}hl"));
         must(&format!("ip link add {p}hl type veth peer name eth0 netns {ns}"));
-        self.links.push(format!("{p}hl"));
         let _ = sh(&format!("sysctl -qw net.ipv6.conf.{p}hl.disable_ipv6=1"));
         must(&format!("ip addr add {host_side}/24 dev {p}hl && ip link set {p}hl up"));
         must(&format!(
@@ -328,11 +340,11 @@ impl Topology {
     pub fn add_service(&mut self) -> Service {
         let (p, l) = (self.prefix.clone(), 7u8);
         let ns = format!("{p}-svc");
+        self.own_namespace(&ns);
         must(&format!("ip netns add {ns}"));
-        self.namespaces.push(ns.clone());
         let (host_side, ip) = (self.net(l, 1), self.net(l, 2));
+        self.own_link(format!("{p}hs"));
         must(&format!("ip link add {p}hs type veth peer name eth0 netns {ns}"));
-        self.links.push(format!("{p}hs"));
         must(&format!("ip addr add {host_side}/24 dev {p}hs && ip link set {p}hs up"));
         must(&format!(
             "ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
@@ -376,16 +388,15 @@ impl Drop for Topology {
         for p in self.procs.iter_mut() {
             p.stop();
         }
-        for l in &self.links {
-            let _ = sh(&format!("ip link del {l} 2>/dev/null"));
+        let made = self
+            .links
+            .drain(..)
+            .map(Made::Link)
+            .chain(self.namespaces.drain(..).map(Made::Namespace))
+            .chain((std::env::var_os("NSP_TEST_KEEP_DIR").is_none()).then(|| Made::Dir(self.dir.clone())));
+        for m in made {
+            remove(&m);
         }
-        for ns in &self.namespaces {
-            let _ = sh(&format!("ip netns pids {ns} 2>/dev/null | xargs -r kill -9"));
-            let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
-            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
-        }
-        if std::env::var_os("NSP_TEST_KEEP_DIR").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        forget(&Made::Dir(self.dir.clone()));
     }
 }
