@@ -15,14 +15,24 @@ use std::time::Duration;
 use common::*;
 
 /// A directory holding `nsproxy-cni`, the nsproxy binary under the name
-/// the runtime calls it by.
-fn plugin_dir(tag: &str) -> PathBuf {
+/// the runtime calls it by; removed on drop.
+struct PluginDir(PathBuf, #[allow(dead_code)] Removes);
+
+impl std::ops::Deref for PluginDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn plugin_dir(tag: &str) -> PluginDir {
     let dir = std::env::temp_dir().join(format!("nsproxy-cni-bin-{tag}-{}", std::process::id()));
+    let gone = Removes::new(vec![Made::Dir(dir.clone())]);
     std::fs::create_dir_all(&dir).expect("dir");
     let link = dir.join("nsproxy-cni");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(BIN, &link).expect("symlink");
-    dir
+    PluginDir(dir, gone)
 }
 
 /// Runs the plugin: `env` is CNI_COMMAND and the rest, `conf` its stdin.
@@ -97,6 +107,9 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     // DEL before any ADD: nothing to do, success, no output.
     let (o, _) = cni(&dir, &del, &c);
     assert!(o.status.success() && o.stdout.is_empty(), "DEL without ADD: {} {}", out(&o), err(&o));
+    // The container's lock file goes with DEL (they piled up in /run).
+    let lock = std::path::PathBuf::from(format!("/run/nsproxy/.cni/{id}.lock"));
+    assert!(!lock.exists(), "DEL left {}", lock.display());
 
     // ADD: the account was not up; the plugin starts its daemon.
     assert!(a.daemon_pid().is_none());
@@ -147,8 +160,10 @@ fn add_check_del_and_version_as_a_runtime_calls_them() {
     assert!(a.status_json()["containers"].as_array().is_none_or(|c| c.is_empty()));
     let (o, v) = cni(&dir, &check, &c);
     assert!(!o.status.success() && v["code"] == 3, "CHECK after DEL: {v}");
+    assert!(!lock.exists(), "DEL left {}", lock.display());
     let (o, _) = cni(&dir, &del, &c);
     assert!(o.status.success(), "DEL twice");
+    assert!(!lock.exists(), "DEL twice left {}", lock.display());
 
     // STATUS (1.1): ready while the policy loads.
     let status = [("CNI_COMMAND", "STATUS")];

@@ -88,18 +88,43 @@ fn io(what: &str) -> impl Fn(String) -> CniError + '_ {
 }
 
 /// An exclusive lock on `/run/nsproxy/.cni/<name>.lock`, held until dropped.
-fn lock(paths: &Paths, name: &str) -> Result<Flock<std::fs::File>, CniError> {
+struct Lock {
+    path: PathBuf,
+    _held: Flock<std::fs::File>,
+}
+
+impl Lock {
+    /// Drops the lock and its file (a container's, after DEL: one file per
+    /// container ever seen piled up in /run). Removed while held: a process
+    /// that waited on this file finds it gone and locks a new one.
+    fn release_and_remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock(paths: &Paths, name: &str) -> Result<Lock, CniError> {
+    use std::os::unix::fs::MetadataExt;
     rundir::ensure_run_root(paths).map_err(|e| CniError::new(code::IO, e.to_string()))?;
     rundir::ensure_dir(&paths.cni_dir(), 0o700).map_err(|e| CniError::new(code::IO, e.to_string()))?;
     let path = paths.cni_dir().join(format!("{name}.lock"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| CniError::new(code::IO, format!("cannot open lock {}: {e}", path.display())))?;
-    Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| CniError::new(code::IO, format!("cannot lock {}: {e}", path.display())))
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CniError::new(code::IO, format!("cannot open lock {}: {e}", path.display())))?;
+        let held = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| CniError::new(code::IO, format!("cannot lock {}: {e}", path.display())))?;
+        // Still the file at `path` (not one a DEL removed while this waited)?
+        let here = held.metadata().map_err(|e| CniError::new(code::IO, format!("{}: {e}", path.display())))?;
+        match std::fs::metadata(&path) {
+            Ok(m) if (m.dev(), m.ino()) == (here.dev(), here.ino()) => return Ok(Lock { path, _held: held }),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(CniError::new(code::IO, format!("{}: {e}", path.display()))),
+        }
+    }
 }
 
 fn read_record(paths: &Paths, container: &str) -> Option<Attachment> {
@@ -211,7 +236,16 @@ fn same_policy(rd: &RunDir, account: &str, policy: &config::Policy) -> Result<()
 }
 
 fn del(paths: &Paths, env: &Env) -> Result<(), CniError> {
-    let _container = lock(paths, &env.container)?;
+    let container = lock(paths, &env.container)?;
+    let res = detach(paths, env);
+    if res.is_ok() {
+        container.release_and_remove();
+    }
+    res
+}
+
+/// DEL under the container's lock.
+fn detach(paths: &Paths, env: &Env) -> Result<(), CniError> {
     let Some(r) = read_record(paths, &env.container) else {
         return Ok(()); // never added, or already deleted
     };
