@@ -24,6 +24,9 @@ fi
 step "fmt, clippy"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# What is on the host before the benchmarks and tests: the same must be
+# there after them (see the check after the tests).
+[ "$root" = 0 ] || host_before=$(./scripts/host-state.sh)
 # The benchmark's smoke run (1 round, 1 s) so it does not rot; figures in
 # docs/performance.md come from `cargo bench --bench proxy`.
 step "benchmark smoke runs"
@@ -66,6 +69,16 @@ background fuzz-build ./scripts/fuzz.sh build
 # that is wrong (the exit status is still the failure).
 step "unit and end-to-end tests (meanwhile, in the background: the builds for fuzzing and the VM)"
 cargo test --locked --no-fail-fast --lib --bins --tests
+if [ "$root" = 1 ]; then
+  step "nothing left on the host"
+  host_after=$(./scripts/host-state.sh)
+  if [ "$host_before" != "$host_after" ]; then
+    diff <(echo "$host_before") <(echo "$host_after") >&2 || true
+    echo "FAILED: the benchmarks and tests left the lines marked > above on the host" >&2
+    exit 1
+  fi
+  echo "the host holds what it held before the benchmarks and tests ($(echo "$host_after" | wc -l) lines)"
+fi
 step "waiting for the background builds"
 while read -r name pid; do
   if ! wait "$pid"; then
