@@ -180,10 +180,14 @@ pub fn spawn_in(ns: &str, name: &str, cmd: &str, log: &Path) -> Proc {
 }
 
 fn wait_port(ns: &str, ip: Ipv4Addr, port: u16) {
+    // A listener on the address or on every address (`sh` is dash here:
+    // no /dev/tcp to try a connection with).
     wait_until(&format!("{ip}:{port} in {ns}"), Duration::from_secs(10), || {
-        sh(&format!("ip netns exec {ns} sh -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null")).status.success()
-            || sh(&format!("ip netns exec {ns} ss -ltnH 'sport = :{port}' | grep -q {ip}")).status.success()
-            || sh(&format!("ip netns exec {ns} ss -ltnH 'sport = :{port}' | grep -q '0.0.0.0'")).status.success()
+        sh(&format!(
+            "ip netns exec {ns} ss -ltnH 'sport = :{port}' | grep -qE '({ip}|0\\.0\\.0\\.0|\\*|\\[::\\]):{port} '"
+        ))
+        .status
+        .success()
     });
 }
 
