@@ -103,6 +103,16 @@ fn exec_drops_every_privilege() {
     assert!(lines[12].ends_with('1'), "no_new_privs set: {}", lines[12]);
     // Exit code is the program's own.
     assert_eq!(a.run("exit 42").status.code(), Some(42));
+    // Signals as a program started from a shell has them: SIGPIPE not
+    // ignored (Rust's runtime ignores it in nsproxy), so a writer into a
+    // closed pipe ends quietly, as it does outside the account.
+    let o = a.run("grep SigIgn /proc/self/status; seq 1 1000000 | head -1");
+    let text = out(&o);
+    let ign = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("");
+    let ign = u64::from_str_radix(ign, 16).unwrap_or_else(|_| panic!("no SigIgn: {text}"));
+    assert_eq!(ign & (1 << (nix::sys::signal::Signal::SIGPIPE as u64 - 1)), 0, "SIGPIPE ignored: {text}");
+    assert_eq!(text.lines().nth(1), Some("1"), "{text}");
+    assert!(err(&o).is_empty(), "seq | head complained: {}", err(&o));
 }
 
 #[test]

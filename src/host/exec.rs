@@ -129,6 +129,12 @@ pub fn enter_and_exec(
     let shown = cmd.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
     let prog = find_program(cmd.first().map(|c| c.as_os_str()).unwrap_or_default())
         .ok_or_else(|| EnterError::NotFound(shown.clone()))?;
+    // The program starts with SIGPIPE's default action, not Rust's SIG_IGN.
+    crate::host::sys::default_sigpipe().map_err(|e| EnterError::Sys {
+        account: account.into(),
+        op: "restore SIGPIPE's default action".into(),
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+    })?;
     match nix::unistd::execv(&prog, &argv) {
         Err(nix::Error::ENOENT) => Err(EnterError::NotFound(shown)),
         Err(source) => Err(EnterError::Exec { cmd: shown, source }),

@@ -48,6 +48,18 @@ pub fn clear_signal_mask() -> io::Result<()> {
     nix::sys::signal::SigSet::empty().thread_set_mask().map_err(io::Error::from)
 }
 
+/// Gives SIGPIPE back its default action. Rust's runtime ignores it in
+/// every Rust program, and an ignored signal stays ignored across `execv`:
+/// a program run by `nsproxy exec` got EPIPE where it expects to die
+/// (`seq 1 100000 | head -1` printed "write error: Broken pipe"). Rust's
+/// `Command` does the same for its children; `exec` calls this last.
+pub fn default_sigpipe() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler: no code of this process runs
+    // when the signal arrives.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop).map_err(io::Error::from)
+}
+
 /// Environment changes: only called from the exec path, before any thread
 /// exists, and from the daemon before its runtime starts.
 pub fn remove_env(k: &std::ffi::OsStr) {
