@@ -198,12 +198,16 @@ pub fn clean_up_on_signals() {
     }
 }
 
-fn netns_list() -> BTreeSet<String> {
-    super::out(&sh("ip netns list")).lines().filter_map(|l| Some(l.split_whitespace().next()?.to_string())).collect()
+/// scripts/host-state.sh, the list test.sh compares around the suite:
+/// namespaces, links, account run and state directories, containers' CNI
+/// locks, /etc/netns entries and the tests' temporary directories.
+fn host_state() -> BTreeSet<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/host-state.sh");
+    let o = Command::new(script).output().expect("run scripts/host-state.sh");
+    assert!(o.status.success(), "{script}: {}", super::err(&o));
+    super::out(&o).lines().map(str::to_string).collect()
 }
-fn link_list() -> BTreeSet<String> {
-    super::out(&sh("ip -o link show")).lines().filter_map(|l| Some(l.split(':').nth(1)?.trim().to_string())).collect()
-}
+
 fn dir_list(dir: &str) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string())).collect())
@@ -223,17 +227,8 @@ fn daemon_pids() -> BTreeSet<i32> {
 /// state, temporary directory, daemon or process of its tree. Run alone
 /// (the before/after comparison is host-wide).
 pub fn check_interrupted_run(args: &[&str], when: &str, delay: Duration, sig: Signal) {
-    let tmp = std::env::temp_dir().display().to_string();
-    let snapshot = || {
-        (
-            netns_list(),
-            link_list(),
-            dir_list("/run/nsproxy"),
-            dir_list("/var/lib/nsproxy"),
-            dir_list(&tmp).into_iter().filter(|d| d.starts_with("nsproxy-")).collect::<BTreeSet<_>>(),
-        )
-    };
-    let before = snapshot();
+    let namespaces = |state: &BTreeSet<String>| state.iter().filter(|l| l.starts_with("netns ")).count();
+    let before = host_state();
     let daemons_before = daemon_pids();
     let exe = std::env::current_exe().expect("own executable");
     let mut child = Command::new(exe).args(args).stdout(Stdio::piped()).spawn().expect("benchmark");
@@ -254,8 +249,8 @@ pub fn check_interrupted_run(args: &[&str], when: &str, delay: Duration, sig: Si
     std::thread::sleep(delay);
     let tree = descendants(pid);
     let daemons: Vec<i32> = daemon_pids().difference(&daemons_before).copied().collect();
-    let during = snapshot();
-    assert!(during.0.len() > before.0.len(), "the benchmark had made no namespace yet: nothing to check");
+    let during = host_state();
+    assert!(namespaces(&during) > namespaces(&before), "the benchmark had made no namespace yet: nothing to check");
     let t = Instant::now();
     kill(Pid::from_raw(pid), sig).expect("signal the benchmark");
     let status = child.wait().expect("wait");
@@ -265,21 +260,12 @@ pub fn check_interrupted_run(args: &[&str], when: &str, delay: Duration, sig: Si
         t.elapsed().as_secs_f64(),
         tree.len(),
         daemons.len(),
-        during.0.difference(&before.0).count()
+        namespaces(&during) - namespaces(&before)
     );
     assert_eq!(status.code(), Some(128 + sig as i32), "the benchmark exits 128 + {sig} when stopped by it");
-    let after = snapshot();
-    let new = |a: &BTreeSet<String>, b: &BTreeSet<String>| a.difference(b).cloned().collect::<Vec<_>>();
-    let left = [
-        ("namespaces", new(&after.0, &before.0)),
-        ("links", new(&after.1, &before.1)),
-        ("/run/nsproxy entries", new(&after.2, &before.2)),
-        ("/var/lib/nsproxy entries", new(&after.3, &before.3)),
-        ("temporary directories", new(&after.4, &before.4)),
-    ];
-    for (what, names) in &left {
-        assert!(names.is_empty(), "an interrupted benchmark left {what}: {names:?}");
-    }
+    let after = host_state();
+    let left: Vec<&String> = after.difference(&before).collect();
+    assert!(left.is_empty(), "an interrupted benchmark left: {left:?}");
     // Killed ones are reaped by init a moment later: then /proc/<pid> is gone.
     let alive = || -> Vec<i32> {
         tree.iter().chain(&daemons).copied().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect()
