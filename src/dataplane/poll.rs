@@ -20,6 +20,12 @@ fn spin_window() -> Duration {
     Duration::from_micros(us)
 }
 
+/// How long a bulk turn keeps the window shut (spin.rs). `NSP_BULK_US`
+/// overrides it for benchmarks; 0 spins through bulk transfers.
+fn bulk_hold() -> Duration {
+    std::env::var("NSP_BULK_US").ok().and_then(|v| v.parse().ok()).map_or(spin::BULK_HOLD, Duration::from_micros)
+}
+
 pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()> {
     let name = ctx.account.clone();
     let shared = ctx.shared.clone();
@@ -31,7 +37,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     // queued in place holds a page or two, not 64 KiB.
     let read_len = (vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64).max(crate::host::sys::OWN_PAGES_FROM);
     let mut buf = vec![0u8; read_len];
-    let mut window = spin::SpinWindow::new(spin_window(), std::time::Instant::now());
+    let mut window = spin::SpinWindow::new(spin_window(), bulk_hold(), std::time::Instant::now());
+    let relayed = || ctx.stats.bytes_up.load(Relaxed) + ctx.stats.bytes_down.load(Relaxed);
+    let mut last_relayed = relayed();
     loop {
         shared.turned();
         let (delay, moved) = {
@@ -53,7 +61,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
         // whoever else wants it on each turn (see spin.rs).
         let now = std::time::Instant::now();
         if moved {
-            window.activity(now);
+            let total = relayed();
+            window.activity(now, total.wrapping_sub(last_relayed));
+            last_relayed = total;
         }
         let mut spinning = window.spinning(now);
         if spinning {
