@@ -17,7 +17,7 @@
 //! bytes in flight the next packet comes whether the loop sleeps or not,
 //! and a wake-up's latency is hidden behind the buffers. A turn that moved
 //! at least [`BULK_BYTES`] keeps the window shut for [`BULK_HOLD`]; the
-//! spinning such a transfer did cost a quarter of the daemon's CPU per GB
+//! spinning such a transfer did cost a fifth of the daemon's CPU per GB
 //! downloaded with no gain in throughput (docs/performance.md).
 
 use std::time::{Duration, Instant};
