@@ -334,6 +334,37 @@ impl Daemon {
     }
 }
 
+/// The daemon's highest anonymous RSS (`RssAnon`, KiB), sampled every
+/// 10 ms on a thread of its own: VmHWM counts the binary's and libc's
+/// mapped pages too, which are shared through the page cache; this is the
+/// part the flows' buffers make.
+struct AnonPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl AnonPeak {
+    fn start(pid: i32) -> AnonPeak {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let daemon = Daemon(pid);
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = daemon.kib("RssAnon:").max(peak);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        AnonPeak { stop, thread }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
@@ -530,6 +561,7 @@ fn orchestrate(args: &[String]) {
     // nsproxy's peak RSS (KiB) per figure, the highest over the rounds.
     let peak_names = ["down1", "down8", "up1", "lat", "conn1", "conn8"];
     let mut peaks = [0u64; 6];
+    let anon_peak = AnonPeak::start(daemon.0);
     let lat_s = lat_n.to_string();
     for round in 0..rounds {
         let mut fig = [[0f64; 13]; 2];
@@ -607,6 +639,7 @@ fn orchestrate(args: &[String]) {
             median(&mut ratios[k])
         );
     }
+    let anon_peak = anon_peak.finish();
     if !want("idle") {
         return;
     }
@@ -616,6 +649,10 @@ fn orchestrate(args: &[String]) {
     println!("nsproxy peak RSS during the benchmark: {:.1} MiB", peak as f64 / 1024.0);
     let by: Vec<String> = peak_names.iter().zip(peaks).map(|(n, k)| format!("{n} {:.1}", k as f64 / 1024.0)).collect();
     println!("  peak RSS by figure (MiB): {}", by.join(", "));
+    println!(
+        "  of which anonymous at most (sampled every 10 ms): {:.1} MiB; the rest is the binary's and libraries' pages",
+        anon_peak as f64 / 1024.0
+    );
     // Idle flows.
     let before = daemon.kib("VmRSS:");
     let mut child = std::process::Command::new(common::BIN)
