@@ -38,7 +38,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     let read_len = (vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64).max(crate::host::sys::OWN_PAGES_FROM);
     let mut buf = vec![0u8; read_len];
     let mut window = spin::SpinWindow::new(spin_window(), bulk_hold(), std::time::Instant::now());
-    let relayed = || ctx.stats.bytes_up.load(Relaxed) + ctx.stats.bytes_down.load(Relaxed);
+    // Only the program's downloads count as bulk (spin.rs): in an upload
+    // the daemon itself is the slow part and spinning keeps it reading.
+    let relayed = || ctx.stats.bytes_down.load(Relaxed);
     let mut last_relayed = relayed();
     loop {
         shared.turned();

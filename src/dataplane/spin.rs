@@ -13,10 +13,13 @@
 //! one gets when its data arrives. So the window closes until packets
 //! move again (see docs/performance.md).
 //!
-//! Nor does a spin pay during a bulk transfer: with a buffer's worth of
-//! bytes in flight the next packet comes whether the loop sleeps or not,
-//! and a wake-up's latency is hidden behind the buffers. A turn that moved
-//! at least [`BULK_BYTES`] keeps the window shut for [`BULK_HOLD`]; the
+//! Nor does a spin pay during a bulk download: with a send buffer's worth
+//! of bytes in flight to the program the next packet comes whether the
+//! loop sleeps or not, and a wake-up's latency is hidden behind the
+//! buffer. A turn after which at least [`BULK_BYTES`] had been relayed to
+//! the program (the caller counts; an upload's bytes are not counted, as
+//! there the daemon is the slow part and spinning keeps it reading) keeps
+//! the window shut for [`BULK_HOLD`]; the
 //! spinning such a transfer did cost a fifth of the daemon's CPU per GB
 //! downloaded with no gain in throughput (docs/performance.md).
 
