@@ -13,17 +13,10 @@ use super::flow::{self, Event};
 use super::packet::{self, Class};
 use super::{Ctx, spin, vnet};
 
-/// How long the loop keeps polling without sleeping after packets moved
-/// (see docs/performance.md). `NSP_SPIN_US` overrides it for benchmarks.
-fn spin_window() -> Duration {
-    let us = std::env::var("NSP_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(spin::SPIN_US);
-    Duration::from_micros(us)
-}
-
-/// How long a bulk turn keeps the window shut (spin.rs). `NSP_BULK_US`
-/// overrides it for benchmarks; 0 spins through bulk transfers.
-fn bulk_hold() -> Duration {
-    std::env::var("NSP_BULK_US").ok().and_then(|v| v.parse().ok()).map_or(spin::BULK_HOLD, Duration::from_micros)
+/// A duration in microseconds from the environment variable `var` (the
+/// benchmarks' knobs), else `default`.
+fn micros_from_env(var: &str, default: Duration) -> Duration {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).map_or(default, Duration::from_micros)
 }
 
 pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()> {
@@ -37,7 +30,14 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Resul
     // queued in place holds a page or two, not 64 KiB.
     let read_len = (vnet::HDR_LEN + ctx.limits.mtu.max(1500) + 64).max(crate::host::sys::OWN_PAGES_FROM);
     let mut buf = vec![0u8; read_len];
-    let mut window = spin::SpinWindow::new(spin_window(), bulk_hold(), std::time::Instant::now());
+    let mut window = spin::SpinWindow::new(
+        // How long the loop keeps polling without sleeping after packets
+        // moved, and how long a bulk turn keeps it from doing so (spin.rs,
+        // docs/performance.md); `NSP_BULK_US=0` spins through bulk turns.
+        micros_from_env("NSP_SPIN_US", Duration::from_micros(spin::SPIN_US)),
+        micros_from_env("NSP_BULK_US", spin::BULK_HOLD),
+        std::time::Instant::now(),
+    );
     // Only the program's downloads count as bulk (spin.rs): in an upload
     // the daemon itself is the slow part and spinning keeps it reading.
     let relayed = || ctx.stats.bytes_down.load(Relaxed);

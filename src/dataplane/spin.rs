@@ -19,9 +19,9 @@
 //! buffer. A turn after which at least [`BULK_BYTES`] had been relayed to
 //! the program (the caller counts; an upload's bytes are not counted, as
 //! there the daemon is the slow part and spinning keeps it reading) keeps
-//! the window shut for [`BULK_HOLD`]; the
-//! spinning such a transfer did cost a fifth of the daemon's CPU per GB
-//! downloaded with no gain in throughput (docs/performance.md).
+//! the window shut for [`BULK_HOLD`]. Spinning through a download cost a
+//! fifth of the daemon's CPU per GB with no gain in throughput
+//! (docs/performance.md).
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,8 @@ pub const SPIN_US: u64 = 300;
 /// A `sched_yield` that took longer than this gave the core to someone.
 pub const CONTENDED: Duration = Duration::from_micros(20);
 
-/// Bytes relayed in one turn of the loop that make it a bulk transfer.
+/// Bytes relayed to the program in one turn of the loop that make it a
+/// bulk download's turn.
 pub const BULK_BYTES: u64 = 32 << 10;
 
 /// How long after a bulk turn the window stays shut.
@@ -50,9 +51,9 @@ impl SpinWindow {
         SpinWindow { window, until: now, bulk_hold, bulk_until: now }
     }
 
-    /// Packets moved or bytes were forwarded at `now`, `bytes` of the flows'
-    /// payload since the last turn: (re)open the window, unless that was a
-    /// bulk transfer's turn.
+    /// Packets moved or bytes were forwarded at `now`, `bytes` relayed to
+    /// the program since the last such turn: (re)open the window, unless
+    /// that was a bulk download's turn.
     pub fn activity(&mut self, now: Instant, bytes: u64) {
         self.until = now + self.window;
         if bytes >= BULK_BYTES {
