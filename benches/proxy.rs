@@ -653,6 +653,7 @@ fn orchestrate(args: &[String]) {
         "  of which anonymous at most (sampled every 10 ms): {:.1} MiB; the rest is the binary's and libraries' pages",
         anon_peak as f64 / 1024.0
     );
+    println!("  {}", code_order(common::BIN));
     // Idle flows.
     let before = daemon.kib("VmRSS:");
     let mut child = std::process::Command::new(common::BIN)
@@ -685,4 +686,27 @@ fn orchestrate(args: &[String]) {
     let _ = child.wait();
     drop(reader);
     println!("load at the end: {}", loadavg());
+}
+
+/// How much of scripts/code-order.txt (build.rs lays the release binary's
+/// code out in its order) names functions of `bin`: the file goes stale as
+/// the code changes, the binary's file pages in the peak RSS grow with it,
+/// and this line shows it (scripts/code-order.sh writes the file again).
+fn code_order(bin: &str) -> String {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/code-order.txt");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return format!("code order: {} not readable", file.display());
+    };
+    let names: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let nm = match std::process::Command::new("nm").args(["--defined-only", bin]).output() {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => return format!("code order: nm --defined-only {bin} failed"),
+    };
+    let nm = String::from_utf8_lossy(&nm);
+    let defined: std::collections::HashSet<&str> = nm.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let found = names.iter().filter(|n| defined.contains(*n)).count();
+    format!(
+        "code order: {found} of the {} names in scripts/code-order.txt are functions of this binary (the file names each function as a release and as a bench build names it)",
+        names.len()
+    )
 }
