@@ -37,7 +37,7 @@ for pass in $(seq 1 "$passes"); do
     # (the profile is part of each crate's metadata): the file names both.
     cargo build --release --bin nsproxy --quiet
     cp "$bin" "$work/release-bin"
-    cargo bench --no-run --bench proxy --bench accounts --quiet 2>/dev/null
+    cargo bench --no-run --bench proxy --bench accounts --quiet
     cp "$bin" "$work/bench-bin"
     perf record -a -e page-faults -c 1 -d -o "$work/faults.data" 2>/dev/null &
     perf_pids=($!)
