@@ -89,7 +89,10 @@ with open(out, "w") as f:
     f.write("# each function under the names a bench and a release build give it.\n")
     f.write("\n".join(names) + "\n")
 PY
-    peak="$(grep -h 'peak RSS during' "$work"/bench-*.log | sed 's/.*: //' | tr '\n' ' ')"
-    echo "pass $pass: $(grep -vc '^#' "$out") names; $(wc -l < "$work/hot") sampled, $(sort -u "$work/faults" | wc -l) faulted; peak RSS (tools, Python): $peak"
+    peak=""
+    for client in tools python; do
+        peak+=" $client $(grep 'peak RSS during' "$work/bench-$client.log" | sed 's/.*: //')"
+    done
+    echo "pass $pass: $(grep -vc '^#' "$out") names; $(wc -l < "$work/hot") sampled, $(sort -u "$work/faults" | wc -l) faulted; peak RSS:$peak"
 done
 cargo build --release --bin nsproxy --quiet
