@@ -398,6 +398,51 @@ fn settle_time_waits() {
     }
 }
 
+/// The machine's CPU time from the first line of /proc/stat, in USER_HZ
+/// ticks: (busy, all), busy being all but idle and iowait. A bulk figure
+/// divides it by the bytes it moved: every process of the chain (client,
+/// proxy, target and nsproxy) shares these cores, so when both sides keep
+/// them equally busy, the throughput ratio is the ratio of CPU per MB.
+fn machine_ticks() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        s.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let all: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// CPU spent over one side's bulk figures, summed over the rounds.
+#[derive(Default, Clone, Copy)]
+struct BulkCpu {
+    busy: u64,
+    all: u64,
+    daemon: u64,
+    mb: f64,
+}
+
+impl BulkCpu {
+    /// Runs `figure` (which returns MB/s over `secs`) and adds what the
+    /// machine and the daemon spent on it.
+    fn measure(&mut self, daemon: &Daemon, secs: u64, figure: impl FnOnce() -> f64) -> f64 {
+        let ((b0, a0), d0) = (machine_ticks(), daemon.cpu_ticks());
+        let mbs = figure();
+        let ((b1, a1), d1) = (machine_ticks(), daemon.cpu_ticks());
+        if mbs.is_finite() {
+            self.busy += b1 - b0;
+            self.all += a1 - a0;
+            self.daemon += d1 - d0;
+            self.mb += mbs * secs as f64;
+        }
+        mbs
+    }
+
+    /// Milliseconds of CPU per MB (USER_HZ is 100: a tick is 10 ms).
+    fn ms_per_mb(ticks: u64, mb: f64) -> f64 {
+        ticks as f64 * 10.0 / mb
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -557,7 +602,8 @@ fn orchestrate(args: &[String]) {
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut abs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
-    let (mut cpu_ticks, mut down_bytes) = (0u64, 0f64);
+    // CPU over the bulk figures (down 1, down 8, up 1), per side.
+    let mut bulk = [[BulkCpu::default(); 3]; 2];
     // nsproxy's peak RSS (KiB) per figure, the highest over the rounds.
     let peak_names = ["down1", "down8", "up1", "lat", "conn1", "conn8"];
     let mut peaks = [0u64; 6];
@@ -585,16 +631,14 @@ fn orchestrate(args: &[String]) {
                     daemon.reset_peak();
                 }
             };
-            let t0 = daemon.cpu_ticks();
-            let d1 = if want("down1") { nums(&["down", "1", &ds], 1)[0] } else { f64::NAN };
-            if via && d1.is_finite() {
-                cpu_ticks += daemon.cpu_ticks() - t0;
-                down_bytes += d1 * 1e6 * secs as f64;
-            }
+            let [b_d1, b_d8, b_u1] = &mut bulk[i];
+            let d1 =
+                if want("down1") { b_d1.measure(&daemon, secs, || nums(&["down", "1", &ds], 1)[0]) } else { f64::NAN };
             mark(0);
-            let d8 = if want("down8") { nums(&["down", "8", &ds], 1)[0] } else { f64::NAN };
+            let d8 =
+                if want("down8") { b_d8.measure(&daemon, secs, || nums(&["down", "8", &ds], 1)[0]) } else { f64::NAN };
             mark(1);
-            let u1 = if want("up1") { nums(&["up", "1", &ds], 1)[0] } else { f64::NAN };
+            let u1 = if want("up1") { b_u1.measure(&daemon, secs, || nums(&["up", "1", &ds], 1)[0]) } else { f64::NAN };
             mark(2);
             let lat = if want("lat") { nums(&["lat", &lat_s], 2) } else { skip(2) };
             mark(3);
@@ -639,12 +683,36 @@ fn orchestrate(args: &[String]) {
             median(&mut ratios[k])
         );
     }
+    // Where a bulk figure's cycles went: the whole machine's CPU per MB on
+    // each side, and the daemon's share of nsproxy's. When both sides keep
+    // the cores equally busy, the throughput ratio follows the ratio of
+    // CPU per MB: nsproxy's chain does more work per byte.
+    if bulk.iter().flatten().any(|b| b.mb > 0.0) {
+        println!("machine CPU per MB moved (every process on both cores; sums over the rounds):");
+        for (k, name) in names.iter().enumerate().take(3) {
+            let [base, nsp] = [bulk[0][k], bulk[1][k]];
+            if base.mb == 0.0 || nsp.mb == 0.0 {
+                continue;
+            }
+            let (b, n) = (BulkCpu::ms_per_mb(base.busy, base.mb), BulkCpu::ms_per_mb(nsp.busy, nsp.mb));
+            println!(
+                "  {:<26} baseline {:.2} ms, nsproxy {:.2} ms (daemon {:.2} ms): {:.2}x; cores busy {:.0}% / {:.0}%",
+                name.trim_end_matches(" MB/s"),
+                b,
+                n,
+                BulkCpu::ms_per_mb(nsp.daemon, nsp.mb),
+                b / n,
+                100.0 * base.busy as f64 / base.all.max(1) as f64,
+                100.0 * nsp.busy as f64 / nsp.all.max(1) as f64
+            );
+        }
+    }
     let anon_peak = anon_peak.finish();
     if !want("idle") {
         return;
     }
-    let tick = 100.0; // USER_HZ
-    println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", cpu_ticks as f64 / tick / (down_bytes / 1e9));
+    let down1 = bulk[1][0];
+    println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", BulkCpu::ms_per_mb(down1.daemon, down1.mb));
     let peak = peaks.iter().copied().max().unwrap_or(0).max(daemon.kib("VmHWM:"));
     println!("nsproxy peak RSS during the benchmark: {:.1} MiB", peak as f64 / 1024.0);
     let by: Vec<String> = peak_names.iter().zip(peaks).map(|(n, k)| format!("{n} {:.1}", k as f64 / 1024.0)).collect();
