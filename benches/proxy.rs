@@ -412,34 +412,56 @@ fn machine_ticks() -> (u64, u64) {
     (all - idle, all)
 }
 
-/// CPU spent over one side's bulk figures, summed over the rounds.
+/// CPU spent over one side's runs of a figure, summed over the rounds,
+/// and what they moved: MB for a bulk figure, connections for a
+/// connection figure.
 #[derive(Default, Clone, Copy)]
-struct BulkCpu {
+struct Spent {
     busy: u64,
     all: u64,
     daemon: u64,
-    mb: f64,
+    units: f64,
 }
 
-impl BulkCpu {
-    /// Runs `figure` (which returns MB/s over `secs`) and adds what the
-    /// machine and the daemon spent on it.
-    fn measure(&mut self, daemon: &Daemon, secs: u64, figure: impl FnOnce() -> f64) -> f64 {
+impl Spent {
+    /// Runs `figure`, which returns its numbers and how many units it
+    /// moved (0 when it failed), and adds what the machine and the daemon
+    /// spent on it.
+    fn measure(&mut self, daemon: &Daemon, figure: impl FnOnce() -> (Vec<f64>, f64)) -> Vec<f64> {
         let ((b0, a0), d0) = (machine_ticks(), daemon.cpu_ticks());
-        let mbs = figure();
+        let (nums, units) = figure();
         let ((b1, a1), d1) = (machine_ticks(), daemon.cpu_ticks());
-        if mbs.is_finite() {
+        if units > 0.0 && units.is_finite() {
             self.busy += b1 - b0;
             self.all += a1 - a0;
             self.daemon += d1 - d0;
-            self.mb += mbs * secs as f64;
+            self.units += units;
         }
-        mbs
+        nums
     }
 
-    /// Milliseconds of CPU per MB (USER_HZ is 100: a tick is 10 ms).
-    fn ms_per_mb(ticks: u64, mb: f64) -> f64 {
-        ticks as f64 * 10.0 / mb
+    /// Milliseconds of CPU per unit (USER_HZ is 100: a tick is 10 ms).
+    fn ms_per(ticks: u64, units: f64) -> f64 {
+        ticks as f64 * 10.0 / units
+    }
+
+    /// One line: both sides' machine CPU per unit, the daemon's part, the
+    /// ratio and how busy the cores were. `scale` turns ms into the unit
+    /// printed (1 for ms, 1000 for µs).
+    fn line(name: &str, [base, nsp]: [Spent; 2], scale: f64, unit: &str) -> Option<String> {
+        if base.units == 0.0 || nsp.units == 0.0 {
+            return None;
+        }
+        let (b, n) = (Spent::ms_per(base.busy, base.units), Spent::ms_per(nsp.busy, nsp.units));
+        Some(format!(
+            "  {name:<26} baseline {:.2} {unit}, nsproxy {:.2} {unit} (daemon {:.2} {unit}): {:.2}x; cores busy {:.0}% / {:.0}%",
+            b * scale,
+            n * scale,
+            Spent::ms_per(nsp.daemon, nsp.units) * scale,
+            b / n,
+            100.0 * base.busy as f64 / base.all.max(1) as f64,
+            100.0 * nsp.busy as f64 / nsp.all.max(1) as f64
+        ))
     }
 }
 
@@ -602,8 +624,9 @@ fn orchestrate(args: &[String]) {
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut abs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
-    // CPU over the bulk figures (down 1, down 8, up 1), per side.
-    let mut bulk = [[BulkCpu::default(); 3]; 2];
+    // CPU over the bulk figures (down 1, down 8, up 1) and the connection
+    // figures (1 at a time, 8 in parallel), per side.
+    let mut spent = [[Spent::default(); 5]; 2];
     // nsproxy's peak RSS (KiB) per figure, the highest over the rounds.
     let peak_names = ["down1", "down8", "up1", "lat", "conn1", "conn8"];
     let mut peaks = [0u64; 6];
@@ -631,14 +654,17 @@ fn orchestrate(args: &[String]) {
                     daemon.reset_peak();
                 }
             };
-            let [b_d1, b_d8, b_u1] = &mut bulk[i];
-            let d1 =
-                if want("down1") { b_d1.measure(&daemon, secs, || nums(&["down", "1", &ds], 1)[0]) } else { f64::NAN };
+            let [s_d1, s_d8, s_u1, s_c1, s_c8] = &mut spent[i];
+            let bulk = |mode: &[&str]| {
+                let v = nums(mode, 1);
+                let mb = v[0] * secs as f64;
+                (v, mb)
+            };
+            let d1 = if want("down1") { s_d1.measure(&daemon, || bulk(&["down", "1", &ds]))[0] } else { f64::NAN };
             mark(0);
-            let d8 =
-                if want("down8") { b_d8.measure(&daemon, secs, || nums(&["down", "8", &ds], 1)[0]) } else { f64::NAN };
+            let d8 = if want("down8") { s_d8.measure(&daemon, || bulk(&["down", "8", &ds]))[0] } else { f64::NAN };
             mark(1);
-            let u1 = if want("up1") { b_u1.measure(&daemon, secs, || nums(&["up", "1", &ds], 1)[0]) } else { f64::NAN };
+            let u1 = if want("up1") { s_u1.measure(&daemon, || bulk(&["up", "1", &ds]))[0] } else { f64::NAN };
             mark(2);
             let lat = if want("lat") { nums(&["lat", &lat_s], 2) } else { skip(2) };
             mark(3);
@@ -646,12 +672,17 @@ fn orchestrate(args: &[String]) {
             if want("conn1") {
                 settle_time_waits();
             }
-            let c1 = if want("conn1") { nums(&["conn", "1", &cn], 5) } else { skip(5) };
+            let conns = |mode: &[&str]| {
+                let v = nums(mode, 5);
+                let n = if v[0].is_finite() { conn_n as f64 } else { 0.0 };
+                (v, n)
+            };
+            let c1 = if want("conn1") { s_c1.measure(&daemon, || conns(&["conn", "1", &cn])) } else { skip(5) };
             mark(4);
             if want("conn8") {
                 settle_time_waits();
             }
-            let c8 = if want("conn8") { nums(&["conn", "8", &cn], 5) } else { skip(5) };
+            let c8 = if want("conn8") { s_c8.measure(&daemon, || conns(&["conn", "8", &cn])) } else { skip(5) };
             mark(5);
             fig[i] = [d1, d8, u1, lat[0], lat[1], c1[0], c1[1], c1[2], c1[3], c1[4], c8[0], c8[1], c8[2]];
         }
@@ -683,36 +714,31 @@ fn orchestrate(args: &[String]) {
             median(&mut ratios[k])
         );
     }
-    // Where a bulk figure's cycles went: the whole machine's CPU per MB on
-    // each side, and the daemon's share of nsproxy's. When both sides keep
-    // the cores equally busy, the throughput ratio follows the ratio of
-    // CPU per MB: nsproxy's chain does more work per byte.
-    if bulk.iter().flatten().any(|b| b.mb > 0.0) {
+    // Where a figure's cycles went: the whole machine's CPU per MB (per
+    // connection) on each side, and the daemon's share of nsproxy's. When
+    // both sides keep the cores equally busy, the throughput ratio follows
+    // the ratio of CPU per unit: nsproxy's chain does more work per byte.
+    let per = |k: usize| [spent[0][k], spent[1][k]];
+    let bulk: Vec<String> =
+        (0..3).filter_map(|k| Spent::line(names[k].trim_end_matches(" MB/s"), per(k), 1.0, "ms")).collect();
+    if !bulk.is_empty() {
         println!("machine CPU per MB moved (every process on both cores; sums over the rounds):");
-        for (k, name) in names.iter().enumerate().take(3) {
-            let [base, nsp] = [bulk[0][k], bulk[1][k]];
-            if base.mb == 0.0 || nsp.mb == 0.0 {
-                continue;
-            }
-            let (b, n) = (BulkCpu::ms_per_mb(base.busy, base.mb), BulkCpu::ms_per_mb(nsp.busy, nsp.mb));
-            println!(
-                "  {:<26} baseline {:.2} ms, nsproxy {:.2} ms (daemon {:.2} ms): {:.2}x; cores busy {:.0}% / {:.0}%",
-                name.trim_end_matches(" MB/s"),
-                b,
-                n,
-                BulkCpu::ms_per_mb(nsp.daemon, nsp.mb),
-                b / n,
-                100.0 * base.busy as f64 / base.all.max(1) as f64,
-                100.0 * nsp.busy as f64 / nsp.all.max(1) as f64
-            );
-        }
+        bulk.iter().for_each(|l| println!("{l}"));
+    }
+    let conn: Vec<String> = [(3, "1 at a time"), (4, "8 in parallel")]
+        .iter()
+        .filter_map(|&(k, name)| Spent::line(name, per(k), 1000.0, "µs"))
+        .collect();
+    if !conn.is_empty() {
+        println!("machine CPU per new connection (every process on both cores; sums over the rounds):");
+        conn.iter().for_each(|l| println!("{l}"));
     }
     let anon_peak = anon_peak.finish();
     if !want("idle") {
         return;
     }
-    let down1 = bulk[1][0];
-    println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", BulkCpu::ms_per_mb(down1.daemon, down1.mb));
+    let down1 = spent[1][0];
+    println!("nsproxy CPU per GB downloaded (1 stream): {:.2} s", Spent::ms_per(down1.daemon, down1.units));
     let peak = peaks.iter().copied().max().unwrap_or(0).max(daemon.kib("VmHWM:"));
     println!("nsproxy peak RSS during the benchmark: {:.1} MiB", peak as f64 / 1024.0);
     let by: Vec<String> = peak_names.iter().zip(peaks).map(|(n, k)| format!("{n} {:.1}", k as f64 / 1024.0)).collect();
