@@ -453,8 +453,10 @@ impl Spent {
             return None;
         }
         let (b, n) = (Spent::ms_per(base.busy, base.units), Spent::ms_per(nsp.busy, nsp.units));
+        // Ticks are 10 ms: µs per connection have no decimals to show.
+        let p = if scale > 1.0 { 0 } else { 2 };
         Some(format!(
-            "  {name:<26} baseline {:.2} {unit}, nsproxy {:.2} {unit} (daemon {:.2} {unit}): {:.2}x; cores busy {:.0}% / {:.0}%",
+            "  {name:<26} baseline {:.p$} {unit}, nsproxy {:.p$} {unit} (daemon {:.p$} {unit}): {:.2}x; cores busy {:.0}% / {:.0}%",
             b * scale,
             n * scale,
             Spent::ms_per(nsp.daemon, nsp.units) * scale,
