@@ -719,7 +719,7 @@ fn orchestrate(args: &[String]) {
     // Where a figure's cycles went: the whole machine's CPU per MB (per
     // connection) on each side, and the daemon's share of nsproxy's. When
     // both sides keep the cores equally busy, the throughput ratio follows
-    // the ratio of CPU per unit: nsproxy's chain does more work per byte.
+    // the ratio of CPU per unit.
     let per = |k: usize| [spent[0][k], spent[1][k]];
     let bulk: Vec<String> =
         (0..3).filter_map(|k| Spent::line(names[k].trim_end_matches(" MB/s"), per(k), 1.0, "ms")).collect();
