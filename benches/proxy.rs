@@ -721,19 +721,19 @@ fn orchestrate(args: &[String]) {
     // both sides keep the cores equally busy, the throughput ratio follows
     // the ratio of CPU per unit.
     let per = |k: usize| [spent[0][k], spent[1][k]];
-    let bulk: Vec<String> =
+    let per_mb: Vec<String> =
         (0..3).filter_map(|k| Spent::line(names[k].trim_end_matches(" MB/s"), per(k), 1.0, "ms")).collect();
-    if !bulk.is_empty() {
+    if !per_mb.is_empty() {
         println!("machine CPU per MB moved (every process on both cores; sums over the rounds):");
-        bulk.iter().for_each(|l| println!("{l}"));
+        per_mb.iter().for_each(|l| println!("{l}"));
     }
-    let conn: Vec<String> = [(3, "1 at a time"), (4, "8 in parallel")]
+    let per_conn: Vec<String> = [(3, "1 at a time"), (4, "8 in parallel")]
         .iter()
         .filter_map(|&(k, name)| Spent::line(name, per(k), 1000.0, "µs"))
         .collect();
-    if !conn.is_empty() {
+    if !per_conn.is_empty() {
         println!("machine CPU per new connection (every process on both cores; sums over the rounds):");
-        conn.iter().for_each(|l| println!("{l}"));
+        per_conn.iter().for_each(|l| println!("{l}"));
     }
     let anon_peak = anon_peak.finish();
     if !want("idle") {
